@@ -1,0 +1,133 @@
+"""The dataset card (`OUT/README.md`, Hub-style YAML header) and the report plots (`OUT/report/`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flows.shards import atomic_write_text
+
+SMALL_JUDGE_WARNING = (
+    "**The default judge is SmolLM2-135M-Instruct, a tiny model.** It runs everything offline, but "
+    "its labels are close to noise: on human-labelled pairs it prefers whichever answer is shown "
+    "first almost every time (see *position consistency* below). Use these pairs to test the "
+    "plumbing, not to train a model you care about. For real labels point `judges[].judge` at a "
+    "strong model (a bigger vLLM model or an OpenAI-compatible API) and check it first with "
+    "`rlaif judge-eval`."
+)
+
+
+def _yaml_header() -> str:
+    splits = ["train_prefs", "test_prefs", "train_sft", "test_sft"]
+    lines = ["---", "configs:", "- config_name: ultrafeedback", "  data_files:",
+             "  - split: train", "    path: parquet/ultrafeedback/train.parquet",
+             "- config_name: binarized", "  data_files:"]  # fmt: skip
+    for s in splits:
+        lines += [f"  - split: {s}", f"    path: parquet/binarized/{s}.parquet"]
+    lines += ["tags:", "- rlaif", "- preference", "- dpo", "- synthetic", "---", ""]
+    return "\n".join(lines)
+
+
+def plot_report(out_dir: Path) -> list[str]:
+    """Score and margin histograms and chosen/rejected lengths; returns the PNG paths."""
+    import datasets
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = out_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    made = []
+    uf = datasets.load_from_disk(str(out_dir / "ultrafeedback"))
+    scores = [c["fine_grained_score"] for r in uf if "completions" in r for c in r["completions"]
+              if c.get("fine_grained_score") is not None]  # fmt: skip
+    pairs = datasets.load_from_disk(str(out_dir / "binarized"))["train_prefs"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].hist(scores, bins=17, range=(1, 5), color="#4477aa")
+    axes[0].set(title="fine-grained score per completion", xlabel="score", ylabel="completions")
+    axes[1].hist(list(pairs["margin"]) if len(pairs) else [], bins=16, color="#cc6677")
+    axes[1].set(title="margin per pair (train_prefs)", xlabel="score_chosen - score_rejected")
+    if len(pairs):
+        lc = [len(m[0]["content"]) for m in pairs["chosen"]]
+        lr = [len(m[0]["content"]) for m in pairs["rejected"]]
+        axes[2].scatter(lr, lc, s=10, alpha=0.6)
+        top = max(lc + lr + [1])
+        axes[2].plot([0, top], [0, top], "k--", linewidth=0.8)
+    axes[2].set(title="length (chars): chosen vs rejected", xlabel="rejected", ylabel="chosen")
+    fig.tight_layout()
+    path = report / "scores.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    made.append(str(path))
+    return made
+
+
+def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | None = None) -> Path:
+    """The card: what produced the data, counts, judge quality figures, length-bias signal."""
+    extra = extra or {}
+    prov_policy = recipe.policy.display_name()
+    lines = [_yaml_header(), f"# {recipe.name}: preference data made with rlaif", ""]
+    lines += [
+        f"Completions from **{prov_policy}** ({recipe.sampling.n} per prompt, temperature "
+        f"{recipe.sampling.temperature}, max_tokens {recipe.sampling.max_tokens}), rated by LLM "
+        "judges and binarised into TRL-ready chosen/rejected pairs.", "",
+        "```python", "from datasets import load_from_disk",
+        f"pairs = load_from_disk('{out_dir}/binarized')['train_prefs']  # prompt/chosen/rejected/margin",
+        f"rows = load_from_disk('{out_dir}/ultrafeedback')              # UltraFeedback-style rows",
+        "```", "",
+    ]  # fmt: skip
+    small_default = any("smollm2-135m" in str(j.get("model", "")).lower() for j in build.judges.values())
+    if small_default:
+        lines += ["> " + SMALL_JUDGE_WARNING, ""]
+    lines += ["## Counts", "", "| what | count |", "|---|---|",
+              f"| prompts | {build.prompts} |", f"| completions | {build.completions} |"]  # fmt: skip
+    for split, n in build.pairs.items():
+        lines.append(f"| {split} | {n} |")
+    st = build.stats
+    lines += [f"| pairs dropped as ties | {st.ties_dropped} |",
+              f"| pairs under min_margin | {st.below_margin} |",
+              f"| prompts with < 2 completions (no pair) | {st.too_few_completions} |",
+              f"| prompts without 2 scored completions | {st.unscored} |",
+              f"| pairs where the pairwise verdict disagreed | {st.verdict_disagrees} |",
+              f"| pairs from the constitution | {build.constitution_pairs} |", ""]  # fmt: skip
+    for k, v in (extra.get("skipped") or {}).items():
+        lines.insert(-1, f"| prompts skipped: {k} | {v} |")
+    lines += ["## Judges", "", "| judge | type | model | requests | parse failures | quality |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for key, f in build.judges.items():
+        if f["type"] == "pairwise":
+            pc, tr = f.get("position_consistency"), f.get("tie_rate")
+            q = (f"position consistency {pc:.2f}, tie rate {tr:.2f} over {f['comparisons']} comparisons"
+                 if pc is not None else "no comparisons")  # fmt: skip
+        else:
+            q = f"{f.get('ratings', 0)} ratings, {f.get('null_ratings', 0)} null"
+        lines.append(f"| {key} | {f['type']} | {f['model']} | {f['requests']} | "
+                     f"{f['parse_failures']} | {q} |")  # fmt: skip
+    lines.append("")
+    lines += ["Binarisation: rule `{}`, ties {}, min_margin {}, test fraction {} (split by prompt_id).".format(
+        recipe.binarize.rule, "kept" if recipe.binarize.keep_ties else "dropped",
+        recipe.binarize.min_margin, recipe.binarize.test_fraction), ""]  # fmt: skip
+    if build.mean_len_chosen is not None:
+        ratio = build.mean_len_chosen / max(build.mean_len_rejected or 1, 1)
+        lines += ["## Length bias", "",
+                  f"Mean length of chosen {build.mean_len_chosen:.0f} chars vs rejected "
+                  f"{build.mean_len_rejected:.0f} chars (ratio {ratio:.2f}). A ratio far above 1 "
+                  "means the judge may be rewarding length rather than quality.", ""]  # fmt: skip
+    if extra.get("constitution"):
+        c = extra["constitution"]
+        lines += ["## Constitution", "", f"`{c['name']}` v{c['version']} ({c['path']}), sha256 "
+                  f"`{c['sha256'][:16]}…`, mode `{c['mode']}`.", "",
+                  "| principle | critiques | pairs kept | dropped |", "|---|---|---|---|"]  # fmt: skip
+        for pid, n in c.get("per_principle", {}).items():
+            lines.append(f"| {pid} | {n.get('critiques', 0)} | {n.get('pairs', 0)} | "
+                         f"{n.get('dropped', 0)} |")  # fmt: skip
+        if c.get("label"):
+            lines += ["", f"Constitutional labels: {c['label']}"]
+        lines.append("")
+    lines += ["## Report", "", "![scores](report/scores.png)", "",
+              "## Provenance", "", f"- recipe sha256: `{recipe.sha256()}`",
+              f"- policy: {prov_policy}", "- produced by rlaif (generate → judge → build)", ""]  # fmt: skip
+    path = out_dir / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,129 @@
+"""The `rlaif` command line: serve, generate, run, judge-eval, constitution, train, eval-policy, schedule.
+
+Every error a user can cause prints one line (`rlaif: error: ...`) and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from serving.errors import RlaifError
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (see recipes/demo.yaml)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--out", help="output folder (overrides the recipe's `output`)")
+
+
+def load_with_overrides(args: argparse.Namespace):  # noqa: ANN201 - returns (Recipe, Path)
+    from flows.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if getattr(args, "limit", None):
+        if args.limit < 1:
+            raise RlaifError(f"--limit must be >= 1, got {args.limit}")
+        recipe.prompts.limit = args.limit
+    out = Path(args.out) if getattr(args, "out", None) else recipe.output_dir()
+    return recipe, out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from serving.vllm import VllmServer
+
+    server = VllmServer(args.model, port=args.port, host=args.host)
+    print(f"starting vLLM for {server.model_name} on {server.base_url} (log {server.log_path}) ...",
+          file=sys.stderr)  # fmt: skip
+    with server:
+        print(f"serving {server.model_name} at {server.base_url} — Ctrl-C stops it", flush=True)
+        try:
+            while server.proc is None or server.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_generate
+
+    recipe, out = load_with_overrides(args)
+    res = run_generate(recipe, out, recipe_dir=Path(args.recipe).parent)
+    tps = res.completion_tokens / res.wall_s if res.wall_s else 0.0
+    print(f"generate: {res.prompts} prompts, {res.rows} completions, {res.completion_tokens} tokens, "
+          f"{tps:.1f} tokens/s, skipped {res.skipped or 0} -> {out}")  # fmt: skip
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_pipeline
+
+    recipe, out = load_with_overrides(args)
+    summary = run_pipeline(recipe, out, recipe_dir=Path(args.recipe).parent)
+    print(summary.one_line())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlaif",
+        description="Preference data with AI feedback: a vLLM policy writes completions, LLM judges "
+        "rate and compare them, constitutions drive critique-and-revision, and the result is a "
+        "Hugging Face dataset with TRL-ready chosen/rejected pairs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve a model with vLLM on 127.0.0.1 (foreground)")
+    p.add_argument("--model", default=None, help="model folder or name (default: bundled SmolLM2)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("generate", help="generate completions for a recipe's prompts")
+    _recipe_args(p)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("run", help="generate -> judge -> (critique) -> build -> (train) as one flow")
+    _recipe_args(p)
+    p.set_defaults(fn=cmd_run)
+
+    from flows import cli_more
+
+    cli_more.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_env()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except RlaifError as exc:
+        print(f"rlaif: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlaif: interrupted; finished shards are kept, re-run the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Read prompts from JSONL / Parquet / CSV / a `datasets` folder (always through `datasets`).
+
+Empty, over-long and duplicate prompts are skipped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serving.errors import DataError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_PROMPTS = REPO_ROOT / "recipes" / "prompts" / "default.jsonl"
+
+
+class PromptRow(BaseModel):
+    prompt_id: str
+    prompt: str
+    messages: list[dict[str, str]]
+    source: str = ""
+
+
+class PromptSet(BaseModel):
+    rows: list[PromptRow]
+    skipped: dict[str, int] = Field(default_factory=dict)  # reason -> count
+    path: str = ""
+
+
+def prompt_id_for(text: str) -> str:
+    """sha256 of the normalised prompt text (whitespace collapsed, stripped)."""
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
+
+
+def resolve_path(path: str, base: Path | None = None) -> Path:
+    if path == "default":
+        return BUNDLED_PROMPTS
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or base is None:
+        return p
+    return base / p
+
+
+def _load_dataset(path: Path, split: str) -> Any:
+    import datasets
+
+    datasets.disable_progress_bars()
+    if path.is_dir():
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise DataError(f"{path}: not a `datasets` folder ({exc})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{path}: no split {split!r} (has {list(ds)}); set prompts.split")
+            ds = ds[split]
+        return ds
+    suffix = path.suffix.lower()
+    builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)
+    if builder is None:
+        raise DataError(f"{path}: unsupported prompts format {suffix!r} (jsonl, parquet, csv, folder)")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for a bad file
+        raise DataError(f"{path}: cannot read prompts: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _to_text(value: Any, column: str) -> tuple[str, list[dict[str, str]]]:
+    if value is None:
+        return "", []
+    if isinstance(value, str):
+        return value.strip(), [{"role": "user", "content": value.strip()}]
+    if isinstance(value, list) and value and isinstance(value[0], dict):  # messages
+        msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+        users = [m["content"] for m in msgs if m["role"] == "user"]
+        return (users[-1].strip() if users else ""), msgs
+    if isinstance(value, list):  # e.g. MT-bench "turns": the first turn is the prompt
+        return _to_text(value[0] if value else None, column)
+    raise DataError(f"column {column!r} holds {type(value).__name__}, expected text or messages")
+
+
+def load_prompts(
+    path: str,
+    column: str = "prompt",
+    id_column: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    max_prompt_chars: int = 8000,
+    base: Path | None = None,
+) -> PromptSet:
+    """Load, normalise and filter prompts. Raises DataError naming the file/column on bad input."""
+    p = resolve_path(path, base)
+    if not p.exists():
+        if path.count("/") == 1 and not Path(path).suffix:
+            raise DataError(f"prompts {path!r}: not a local file; hub datasets need network access")
+        raise DataError(f"{p}: prompts file does not exist (prompts.path in the recipe)")
+    ds = _load_dataset(p, split)
+    if column not in ds.column_names:
+        raise DataError(f"{p}: no column {column!r} (columns: {ds.column_names}); set prompts.column")
+    if id_column and id_column not in ds.column_names:
+        raise DataError(f"{p}: no id column {id_column!r} (columns: {ds.column_names})")
+    skipped: dict[str, int] = {}
+    rows: list[PromptRow] = []
+    seen: set[str] = set()
+    for rec in ds:
+        if limit is not None and len(rows) >= limit:
+            break
+        text, messages = _to_text(rec[column], column)
+        if not text:
+            skipped["empty"] = skipped.get("empty", 0) + 1
+            continue
+        if sum(len(m["content"]) for m in messages) > max_prompt_chars:
+            skipped["too_long"] = skipped.get("too_long", 0) + 1
+            continue
+        pid = str(rec[id_column]) if id_column else prompt_id_for(text)
+        if pid in seen:
+            skipped["duplicate"] = skipped.get("duplicate", 0) + 1
+            continue
+        seen.add(pid)
+        source = rec.get("source") or rec.get("category") or p.name
+        rows.append(PromptRow(prompt_id=pid, prompt=text, messages=messages, source=str(source)))
+    return PromptSet(rows=rows, skipped=skipped, path=str(p))

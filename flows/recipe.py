@@ -1,0 +1,198 @@
+"""The recipe: a YAML run description (prompts, policy, sampling, judges, output), as pydantic models.
+
+`load_recipe` turns every mistake into one line naming the file and the field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serving.client import ClientConfig, Endpoint
+from serving.errors import ConfigError
+from serving.models import DEFAULT_MODEL, served_name
+from serving.vllm import DEFAULT_PORT
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptSource(_Strict):
+    path: str = Field(default="default", description="JSONL/Parquet/CSV/datasets dir; 'default' = bundled set")
+    column: str = Field(default="prompt", description="text column ('messages' and 'turns' work)")
+    id_column: str | None = Field(default=None, description="id column; else sha256 of the text")
+    split: str = Field(default="train", description="split when the source is a DatasetDict")
+    limit: int | None = Field(default=None, ge=1, description="use only the first N prompts")
+    max_prompt_chars: int = Field(default=8000, ge=1, description="longer prompts are skipped")
+
+
+class ServedModel(_Strict):
+    """A model behind one or more OpenAI-compatible endpoints, or `local` (the embedded vLLM)."""
+
+    model: str = Field(default=DEFAULT_MODEL, description="model name, local folder or hub id")
+    endpoints: Literal["local"] | list[Endpoint] = Field(default="local")
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="port of the local server")
+    max_concurrency: int = Field(default=32, ge=1, description="in-flight requests (local)")
+    max_model_len: int = Field(default=2048, ge=128)
+
+    @property
+    def is_local(self) -> bool:
+        return self.endpoints == "local"
+
+    def endpoint_list(self) -> list[Endpoint]:
+        if self.endpoints == "local":
+            return [
+                Endpoint(
+                    base_url=f"http://127.0.0.1:{self.port}/v1",
+                    model=served_name(self.model),
+                    max_concurrency=self.max_concurrency,
+                )
+            ]
+        return list(self.endpoints)
+
+    def display_name(self) -> str:
+        return served_name(self.model) if self.is_local else self.endpoint_list()[0].model
+
+
+class Sampling(_Strict):
+    n: int = Field(default=4, ge=1, le=64, description="completions per prompt")
+    temperature: float = Field(default=0.8, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=128, ge=1)
+    seed: int | None = Field(default=0, description="base seed; batch i uses seed + i")
+
+
+class JudgeSpec(_Strict):
+    type: Literal["ultrafeedback", "pairwise"] = "ultrafeedback"
+    name: str | None = Field(default=None, description="column prefix; defaults to the type")
+    judge: ServedModel | None = Field(default=None, description="defaults to the policy endpoint")
+    aspects: list[str] | None = Field(default=None, description="UltraFeedback aspects subset")
+    max_tokens: int = Field(default=256, ge=16)
+    temperature: float = Field(default=0.0, ge=0)
+    structured: bool = Field(default=True, description="force JSON with response_format")
+    logprobs: bool = Field(default=True, description="pairwise: soft preference from logprobs")
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.name or self.type
+
+
+class BinarizeSpec(_Strict):
+    rule: Literal["best-vs-random-lower", "best-vs-worst", "all-pairs"] = "best-vs-random-lower"
+    keep_ties: bool = False
+    min_margin: float = Field(default=0.0, ge=0)
+    test_fraction: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = 42
+    score: str | None = Field(default=None, description="judge whose score ranks; first rating judge")
+
+
+class CritiqueSpec(_Strict):
+    constitution: str = Field(description="path to a constitution YAML file")
+    mode: Literal["critique", "label", "both"] = "critique"
+    principles: Literal["sample", "all"] = "sample"
+    seed: int = 0
+    max_tokens: int = Field(default=128, ge=16)
+    judge: ServedModel | None = None
+
+
+class TrainSpec(_Strict):
+    method: Literal["sft", "dpo", "reward", "ppo"] = "dpo"
+    model: str | None = Field(default=None, description="defaults to the policy model")
+    max_steps: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=2, ge=1)
+    learning_rate: float = Field(default=5e-6, gt=0)
+    max_length: int = Field(default=256, ge=16)
+    beta: float = Field(default=0.1, gt=0)
+    lora: bool = False
+    reward_model: str | None = None
+
+
+class Recipe(_Strict):
+    name: str = "run"
+    prompts: PromptSource = Field(default_factory=PromptSource)
+    policy: ServedModel = Field(default_factory=ServedModel)
+    sampling: Sampling = Field(default_factory=Sampling)
+    batch_size: int = Field(default=8, ge=1, description="prompts per task (and per shard)")
+    output: str = Field(default="runs/{name}", description="run folder; {name} and {date} expand")
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(default=None, description="scheduler address; else local")
+    judges: list[JudgeSpec] = Field(default_factory=list)
+    binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
+    critique: CritiqueSpec | None = None
+    train: TrainSpec | None = None
+
+    @field_validator("judges")
+    @classmethod
+    def _unique_judges(cls, judges: list[JudgeSpec]) -> list[JudgeSpec]:
+        keys = [j.key for j in judges]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise ValueError(f"judge names must be unique; repeated: {sorted(dup)} (set `name:`)")
+        return judges
+
+    def judge_endpoint(self, spec: ServedModel | None) -> ServedModel:
+        return spec or self.policy
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def output_dir(self, date: str | None = None) -> Path:
+        import datetime as dt
+
+        date = date or dt.datetime.now().strftime("%Y-%m-%d")
+        return Path(self.output.format(name=self.name, date=date)).expanduser()
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line: `file: field.path: message` for the first error (+ how many more)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p and p.endswith("]")))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see recipes/demo.yaml for the fields)"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {_field_path(loc)}: {msg}{more}"
+
+
+def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file (`yaml.safe_load` only)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: recipe file does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read recipe: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_recipe(data, str(p))

@@ -1,0 +1,1 @@
+"""LLM judges: UltraFeedback ratings, pairwise verdicts, constitutional critique and labels."""

@@ -1,0 +1,1 @@
+"""Serving: the vLLM server lifecycle, the OpenAI-compatible client and the default model."""

@@ -1,0 +1,149 @@
+"""`VllmServer`: start (or reuse) vLLM's OpenAI-compatible server for a model on 127.0.0.1.
+
+It waits for `/v1/models`, streams the server log to a file, quotes the log's tail when start-up
+fails, and stops the process group cleanly on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from serving.errors import EndpointError
+from serving.models import resolve_model, rlaif_home, served_name
+
+DEFAULT_PORT = 8765
+
+
+def _is_cuda() -> bool:
+    return os.environ.get("RLAIF_DEVICE", "cpu").lower() == "cuda"
+
+
+def server_models(base_url: str, timeout: float = 2.0) -> list[str] | None:
+    """The model ids a running OpenAI-compatible server lists, or None when it does not answer."""
+    try:
+        resp = httpx.get(f"{base_url.rstrip('/')}/models", timeout=timeout)
+        if resp.status_code != 200:
+            return None
+        return [m["id"] for m in resp.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+
+
+class VllmServer:
+    """Context manager around `python -m vllm.entrypoints.openai.api_server`.
+
+    If a healthy server already answers on the port with the same served model name it is reused
+    (and left running on exit).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        port: int = DEFAULT_PORT,
+        host: str = "127.0.0.1",
+        max_model_len: int = 2048,
+        log_path: Path | None = None,
+        startup_timeout: float = 600.0,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.model_name = served_name(model)
+        self.model = model
+        self.port = port
+        self.host = host
+        self.max_model_len = max_model_len
+        self.log_path = log_path or rlaif_home() / "logs" / f"vllm-{port}.log"
+        self.startup_timeout = startup_timeout
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.reused = False
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def command(self, model_path: str) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", model_path,
+            "--served-model-name", self.model_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-model-len", str(self.max_model_len),
+            "--max-logprobs", "20",
+        ]  # fmt: skip
+        if not _is_cuda():
+            cmd += ["--dtype", "bfloat16", "--gpu-memory-utilization", "0.4"]
+        return cmd + self.extra_args
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def start(self) -> VllmServer:
+        listed = server_models(self.base_url)
+        if listed is not None:
+            if self.model_name in listed:
+                self.reused = True
+                return self
+            raise EndpointError(
+                f"port {self.port} is taken by a server serving {listed}, not {self.model_name!r}: "
+                "stop it or pick another port (--port)"
+            )
+        model_path = resolve_model(self.model)
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            self.command(model_path), stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EndpointError(
+                    f"vLLM server for {self.model_name} exited with code {self.proc.returncode} "
+                    f"during start-up (log {self.log_path}):\n{self.log_tail()}"
+                )
+            if server_models(self.base_url) is not None:
+                return self
+            time.sleep(2)
+        self.stop()
+        raise EndpointError(
+            f"vLLM server for {self.model_name} did not answer on {self.base_url} within "
+            f"{self.startup_timeout:.0f}s (log {self.log_path}):\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+    def __enter__(self) -> VllmServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,36 @@
+"""Test session set-up: one real vLLM server (bundled SmolLM2) for the whole session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="rlaif-test-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TEST_PORT = int(os.environ.get("RLAIF_TEST_PORT", "8765"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server():
+    """The real server; reused when one already serves the bundled model on the test port."""
+    from serving.vllm import VllmServer
+
+    server = VllmServer(None, port=TEST_PORT)
+    server.start()  # raises with the log tail if vLLM cannot start: the run fails, never skips
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def policy_endpoint(vllm_server):
+    from serving.client import Endpoint
+
+    return Endpoint(base_url=vllm_server.base_url, model=vllm_server.model_name, max_concurrency=32)

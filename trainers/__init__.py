@@ -1,0 +1,1 @@
+"""TRL trainers over the generated datasets: SFT, DPO, reward model, PPO."""
