@@ -31,7 +31,7 @@ def load_with_overrides(args: argparse.Namespace):  # noqa: ANN201 - returns (Re
     from flows.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    if getattr(args, "limit", None):
+    if getattr(args, "limit", None) is not None:
         if args.limit < 1:
             raise RlaifError(f"--limit must be >= 1, got {args.limit}")
         recipe.prompts.limit = args.limit

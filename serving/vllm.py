@@ -91,6 +91,7 @@ class VllmServer:
         return "\n".join(text[-lines:])
 
     def start(self) -> VllmServer:
+        model_path = resolve_model(self.model)  # a bad model name fails before anything starts
         listed = server_models(self.base_url)
         if listed is not None:
             if self.model_name in listed:
@@ -100,7 +101,6 @@ class VllmServer:
                 f"port {self.port} is taken by a server serving {listed}, not {self.model_name!r}: "
                 "stop it or pick another port (--port)"
             )
-        model_path = resolve_model(self.model)
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         env.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,116 @@
+"""Bad input: one line naming the culprit, exit code 2, nothing written, no model call."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tests.helpers import write_jsonl
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def recipe(tmp_path: Path, body: str) -> str:
+    p = tmp_path / "r.yaml"
+    p.write_text(body)
+    return str(p)
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("sampling:\n  temprature: 0.5\n", "sampling.temprature: unknown field"),
+        ("sampling:\n  n: zero\n", "sampling.n: Input should be a valid integer"),
+        ("judges:\n  - type: rubric\n", "judges[0].type"),
+        ("policy:\n  endpoints:\n    - base_url: http://x/v1\n", "policy.endpoints"),
+        ("name: x\n  bad: [unclosed\n", "line 2: not valid YAML"),
+        ("- just\n- a list\n", "must be a YAML mapping"),
+    ],
+)
+def test_recipe_errors_name_the_field(capsys, tmp_path, body, expected):
+    path = recipe(tmp_path, body)
+    code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert err.count("\n") == 0, err
+    assert path in err and expected in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_recipe_file(capsys, tmp_path):
+    code, err = run_cli(capsys, "generate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "nope.yaml: recipe file does not exist" in err
+
+
+def test_missing_prompts_file(capsys, tmp_path):
+    path = recipe(tmp_path, f"prompts:\n  path: {tmp_path}/missing.jsonl\n")
+    code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "missing.jsonl: prompts file does not exist" in err
+
+
+def test_missing_prompt_column(capsys, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"question": "hi"}])
+    path = recipe(tmp_path, f"prompts:\n  path: {data}\n  column: prompt\n")
+    code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "no column 'prompt'" in err and "question" in err
+
+
+def test_unreadable_prompts_file(capsys, tmp_path):
+    bad = tmp_path / "p.parquet"
+    bad.write_text("this is not parquet")
+    path = recipe(tmp_path, f"prompts:\n  path: {bad}\n")
+    code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "o"))
+    assert code == 2 and "p.parquet: cannot read prompts" in err
+
+
+def test_unreachable_endpoint_names_url(capsys, tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    path = recipe(tmp_path, f"policy:\n  endpoints:\n    - base_url: {url}\n      model: m\n")
+    code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "o"), "--limit", "1")
+    assert code == 2 and url in err and "unreachable" in err
+
+
+def test_model_folder_that_is_not_a_model(capsys, tmp_path):
+    folder = tmp_path / "notamodel"
+    folder.mkdir()
+    path = recipe(tmp_path, f"policy:\n  model: {folder}\n  port: {closed_port()}\n")
+    code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "o"), "--limit", "1")
+    assert code == 2 and str(folder) in err and "not a model folder" in err
+
+
+def test_read_only_output_path(capsys, tmp_path):
+    ro = Path("/sys/rlaif-out") if os.geteuid() == 0 else tmp_path / "ro" / "out"
+    if os.geteuid() != 0:
+        ro.parent.mkdir()
+        ro.parent.chmod(0o500)
+    code, err = run_cli(capsys, "generate", recipe(tmp_path, "name: x\n"), "--out", str(ro))
+    assert code == 2 and "not writable" in err and str(ro) in err
+
+
+def test_output_folder_that_cannot_be_created(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    url = f"http://127.0.0.1:{closed_port()}/v1"  # proves no endpoint is contacted first
+    path = recipe(tmp_path, f"policy:\n  endpoints:\n    - base_url: {url}\n      model: m\n")
+    code, err = run_cli(capsys, "generate", path, "--out", str(blocker / "out"))
+    assert code == 2 and "not writable" in err and url not in err
+
+
+def test_bad_limit(capsys, tmp_path):
+    code, err = run_cli(capsys, "generate", recipe(tmp_path, "name: x\n"), "--limit", "0")
+    assert code == 2 and "--limit" in err
