@@ -166,7 +166,8 @@ def _dataset(rows: list[dict[str, Any]], template: dict[str, Any]) -> Any:
 
     if rows:
         return datasets.Dataset.from_list(rows)
-    return datasets.Dataset.from_list([template]).select([])
+    features = datasets.Dataset.from_list([template]).features
+    return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
 
 
 def provenance(recipe: Any, judges: dict[str, dict[str, Any]], constitution: dict | None) -> dict:
@@ -211,7 +212,9 @@ def write_outputs(
         }
         binarized = datasets.DatasetDict(splits)
         uf = datasets.DatasetDict({"train": datasets.Dataset.from_list(uf_rows)}) if uf_rows else None
-        binarized.save_to_disk(str(staging / "binarized"))
+        # an empty split needs num_shards=1 or `datasets` writes no data file and cannot load it back
+        binarized.save_to_disk(str(staging / "binarized"),
+                               num_shards={k: 1 for k, v in splits.items() if len(v) == 0} or None)  # fmt: skip
         (staging / "parquet" / "binarized").mkdir(parents=True)
         for name, ds in splits.items():
             ds.to_parquet(str(staging / "parquet" / "binarized" / f"{name}.parquet"))
@@ -220,7 +223,10 @@ def write_outputs(
             uf["train"].save_to_disk(str(staging / "ultrafeedback"))
             uf["train"].to_parquet(str(staging / "parquet" / "ultrafeedback" / "train.parquet"))
         else:
-            datasets.Dataset.from_dict({"prompt_id": []}).save_to_disk(str(staging / "ultrafeedback"))
+            empty = datasets.Dataset.from_dict({"prompt_id": []}, features=datasets.Features(
+                {"prompt_id": datasets.Value("string")}))  # fmt: skip
+            empty.save_to_disk(str(staging / "ultrafeedback"), num_shards=1)
+            empty.to_parquet(str(staging / "parquet" / "ultrafeedback" / "train.parquet"))
         for name in ("binarized", "ultrafeedback", "parquet"):
             target = out_dir / name
             if target.exists():

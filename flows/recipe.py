@@ -13,9 +13,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serving.client import ClientConfig, Endpoint
+from serving.config_files import describe_error, load_model
 from serving.errors import ConfigError
 from serving.models import DEFAULT_MODEL, served_name
 from serving.vllm import DEFAULT_PORT
+
+_HINT = "recipes/demo.yaml shows every field"
 
 
 class _Strict(BaseModel):
@@ -150,26 +153,8 @@ class Recipe(_Strict):
         return Path(self.output.format(name=self.name, date=date)).expanduser()
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    """One line: `file: field.path: message` for the first error (+ how many more)."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p and p.endswith("]")))
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; see recipes/demo.yaml for the fields)"
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{source}: {_field_path(loc)}: {msg}{more}"
-
-
 def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
+    """Validate an already-parsed recipe mapping (e.g. from a deployment parameter)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -177,22 +162,9 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
+        raise ConfigError(describe_error(source, yaml.safe_dump(data), exc, _HINT)) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file (`yaml.safe_load` only)."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: recipe file does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read recipe: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_recipe(data, str(p))
+    return load_model(path, Recipe, "recipe", _HINT)[0]

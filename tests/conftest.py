@@ -34,3 +34,17 @@ def policy_endpoint(vllm_server):
     from serving.client import Endpoint
 
     return Endpoint(base_url=vllm_server.base_url, model=vllm_server.model_name, max_concurrency=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from tests.helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def arith_dataset(tmp_path_factory) -> Path:
+    from tests.helpers import synthetic_build
+
+    return synthetic_build(tmp_path_factory.mktemp("arith"))

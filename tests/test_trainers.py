@@ -1,0 +1,98 @@
+"""Trainers on a build output: SFT, DPO, reward and PPO run (tiny random model), outputs load back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.errors import DataError, ModelError
+from trainers import dpo, ppo, reward, sft
+
+
+def test_sft_two_steps(tiny_model, arith_dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = sft.train(sft.SFTTrainConfig(model=str(tiny_model), dataset=str(arith_dataset),
+                                       output=str(tmp_path / "sft"), max_steps=2, batch_size=2))  # fmt: skip
+    AutoModelForCausalLM.from_pretrained(out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == "sft" and any("loss" in e for e in m["log_history"])
+    assert (out / "curves.png").stat().st_size > 0
+
+
+def test_dpo_two_steps(tiny_model, arith_dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = dpo.train(dpo.DPOTrainConfig(model=str(tiny_model), dataset=str(arith_dataset),
+                                       output=str(tmp_path / "dpo"), max_steps=2, batch_size=2))  # fmt: skip
+    AutoModelForCausalLM.from_pretrained(out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 <= m["preference_accuracy_before"] <= 1 and 0 <= m["preference_accuracy_after"] <= 1
+
+
+def test_reward_model_learns_an_easy_preference(tiny_model, arith_dataset, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = reward.train(reward.RewardTrainConfig(
+        model=str(tiny_model), dataset=str(arith_dataset), output=str(tmp_path / "rm"), max_steps=40,
+        batch_size=8, learning_rate=3e-3, use_margin=True))  # fmt: skip
+    AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_pairs"] >= 8
+    assert m["test_accuracy"] >= 0.8, m  # chance is 0.5
+    norm = json.loads((out / "reward_normalization.json").read_text())
+    assert norm["std"] > 0
+
+
+@pytest.fixture(scope="module")
+def small_reward_model(tiny_model, arith_dataset, tmp_path_factory) -> Path:
+    return reward.train(reward.RewardTrainConfig(model=str(tiny_model), dataset=str(arith_dataset),
+                                                 output=str(tmp_path_factory.mktemp("rm") / "rm"),
+                                                 max_steps=2, batch_size=2))  # fmt: skip
+
+
+def test_ppo_two_steps(tiny_model, arith_dataset, small_reward_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = ppo.train(ppo.PPOTrainConfig(model=str(tiny_model), dataset=str(arith_dataset),
+                                       output=str(tmp_path / "ppo"), max_steps=2, batch_size=2,
+                                       reward_model=str(small_reward_model), response_length=8))  # fmt: skip
+    AutoModelForCausalLM.from_pretrained(out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["reward_curve"]) >= 1 and len(m["kl_curve"]) >= 1
+
+
+def test_ppo_without_reward_model_fails_and_writes_nothing(tiny_model, arith_dataset, tmp_path):
+    with pytest.raises(ModelError, match="PPO needs a reward model"):
+        ppo.train(ppo.PPOTrainConfig(model=str(tiny_model), dataset=str(arith_dataset), output=str(tmp_path / "p")))
+    assert not (tmp_path / "p").exists()
+
+
+def test_dataset_without_columns_names_the_column(tiny_model, tmp_path):
+    import datasets
+
+    d = tmp_path / "ds"
+    datasets.DatasetDict({"train_prefs": datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": "x"}]],
+                                                                     "chosen": [[{"role": "assistant", "content": "y"}]]})
+                          }).save_to_disk(str(d))  # fmt: skip
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['rejected'\]"):
+        dpo.train(dpo.DPOTrainConfig(model=str(tiny_model), dataset=str(d), output=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_path_that_is_not_a_model(arith_dataset, tmp_path):
+    (tmp_path / "nm").mkdir()
+    with pytest.raises(ModelError, match="not a model folder"):
+        dpo.train(dpo.DPOTrainConfig(model=str(tmp_path / "nm"), dataset=str(arith_dataset), output=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+
+
+def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
+    from flows.build import write_outputs
+
+    write_outputs(tmp_path / "empty", [], [], [], 0.1)
+    with pytest.raises(DataError, match="zero rows"):
+        dpo.train(dpo.DPOTrainConfig(model=str(tiny_model), dataset=str(tmp_path / "empty"), output=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()

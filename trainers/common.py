@@ -1,0 +1,182 @@
+"""What every trainer shares: the config base, device settings, dataset checks, atomic output,
+metrics.json and the curve plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.errors import DataError, ModelError
+from serving.models import resolve_model
+
+
+class TrainConfig(BaseModel):
+    """Fields every trainer takes; each method's config adds its own (beta, kl_coef, ...)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(default="smollm2-135m-instruct", description="model folder, name or hub id")
+    dataset: str = Field(description="a build output folder (OUT) or its `binarized` folder")
+    output: str = Field(description="folder the trained model, metrics.json and curves.png go to")
+    max_steps: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=5e-6, gt=0)
+    max_length: int = Field(default=256, ge=16)
+    lora: bool = Field(default=False, description="train LoRA adapters (peft) instead of all weights")
+    lora_r: int = Field(default=16, ge=1)
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+def use_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def device_args(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments for this machine: CPU = fp32, no checkpointing; GPU = bf16."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cuda = use_cuda()
+    return dict(
+        use_cpu=not cuda, bf16=cuda, fp16=False, gradient_checkpointing=False, report_to="none",
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps, logging_steps=1, save_strategy="no", seed=cfg.seed,
+        dataloader_num_workers=0, disable_tqdm=not os.environ.get("RLAIF_PROGRESS"),
+    )  # fmt: skip
+
+
+def model_path(name: str) -> str:
+    path = resolve_model(name)
+    p = Path(path)
+    if p.exists() and not (p / "config.json").exists():
+        raise ModelError(f"{name}: not a model folder (no config.json)")
+    return path
+
+
+def binarized_dir(dataset: str) -> Path:
+    p = Path(dataset)
+    if (p / "binarized" / "dataset_dict.json").exists():
+        return p / "binarized"
+    if (p / "dataset_dict.json").exists():
+        return p
+    raise DataError(f"{dataset}: not a build output (no binarized/dataset_dict.json); run `rlaif run` first")
+
+
+def load_split(dataset: str, split: str, columns: list[str], allow_empty: bool = False) -> Any:
+    """One split of the binarized dataset, checked for the columns a trainer needs."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    d = datasets.load_from_disk(str(binarized_dir(dataset)))
+    if split not in d:
+        raise DataError(f"{dataset}: no split {split!r} (has {list(d)})")
+    ds = d[split]
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{dataset}: split {split!r} lacks column(s) {missing} (has {ds.column_names})")
+    if len(ds) == 0 and not allow_empty:
+        raise DataError(f"{dataset}: split {split!r} has zero rows: nothing to train on "
+                        "(more prompts, more samples, or keep_ties/min_margin in the recipe)")  # fmt: skip
+    return ds
+
+
+def peft_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0, task_type=task_type,
+                      target_modules="all-linear")  # fmt: skip
+
+
+@contextmanager
+def staged_output(output: str) -> Iterator[Path]:
+    """Train into a temp folder beside `output`; move it into place only when everything succeeded."""
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_metrics(folder: Path, method: str, log_history: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    clean = [{k: v for k, v in e.items() if not (isinstance(v, float) and math.isnan(v))} for e in log_history]
+    (folder / "metrics.json").write_text(json.dumps({"method": method, **extra, "log_history": clean}, indent=1))
+    plot_curves(folder / "curves.png", method, clean)
+
+
+def plot_curves(path: Path, method: str, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "objective/rlhf_reward",
+                        "objective/kl", "objective/scores", "policy/entropy_avg") if any(k in e for e in history)]  # fmt: skip
+    keys = keys or ["loss"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(e.get("step", i), e[key]) for i, e in enumerate(history) if key in e and "eval_" not in key]
+        if pts:
+            ax.plot(*zip(*pts), marker=".")
+        ax.set(title=f"{method}: {key}", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def sequence_logprob(model: Any, tok: Any, prompt: list[dict[str, str]], answer: str, max_length: int) -> float:
+    """Sum of log p(answer tokens | prompt) under `model` (chat template applied)."""
+    import torch
+
+    ctx = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = ctx + answer
+    ids = tok(full, return_tensors="pt", truncation=True, max_length=max_length, add_special_tokens=False)
+    n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logits = model(**{k: v.to(model.device) for k, v in ids.items()}).logits.float()
+    lp = logits[0, :-1].log_softmax(-1)
+    target = ids["input_ids"][0, 1:].to(lp.device)
+    tok_lp = lp.gather(-1, target[:, None])[:, 0]
+    return float(tok_lp[max(n_ctx - 1, 0) :].sum())
+
+
+def preference_accuracy(model: Any, tok: Any, pairs: Any, max_length: int, limit: int = 64) -> float | None:
+    """Share of pairs where the model gives the chosen answer a higher log-probability."""
+    rows = list(pairs.select(range(min(limit, len(pairs))))) if len(pairs) else []
+    if not rows:
+        return None
+    model.eval()
+    wins = 0.0
+    for r in rows:
+        c = sequence_logprob(model, tok, r["prompt"], r["chosen"][0]["content"], max_length)
+        j = sequence_logprob(model, tok, r["prompt"], r["rejected"][0]["content"], max_length)
+        wins += 1.0 if c > j else 0.5 if c == j else 0.0
+    return wins / len(rows)

@@ -1,0 +1,90 @@
+"""PPO with `trl.experimental.ppo` (TRL 1.12): policy + reference from the policy model, the reward
+model from `reward.py` (normalised), value model initialised from the reward model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from serving.errors import ModelError
+from serving.reward_scoring import read_normalization
+from trainers.common import (
+    TrainConfig,
+    device_args,
+    load_split,
+    load_tokenizer,
+    model_path,
+    staged_output,
+    write_metrics,
+)
+
+
+class PPOTrainConfig(TrainConfig):
+    reward_model: str | None = Field(default=None, description="folder written by `rlaif train reward`")
+    kl_coef: float = Field(default=0.05, ge=0)
+    response_length: int = Field(default=24, ge=1)
+    learning_rate: float = 3e-6
+
+
+class NormalizedHead(torch.nn.Module):
+    """The reward head with the saved mean/std folded in (TRL calls `model.score(hidden)`)."""
+
+    def __init__(self, head: torch.nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.head, self.mean, self.std = head, mean, std
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (self.head(hidden) - self.mean) / self.std
+
+
+def train(config: PPOTrainConfig) -> Path:
+    """Run PPO; writes the policy + tokenizer, metrics.json (reward and KL curves) and curves.png."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    if not config.reward_model:
+        raise ModelError("PPO needs a reward model: train one with `rlaif train reward` and pass --reward-model")
+    rm_path = Path(config.reward_model)
+    if not (rm_path / "config.json").exists():
+        raise ModelError(f"{rm_path}: not a reward model folder (no config.json)")
+    prompts = load_split(config.dataset, "train_prefs", ["prompt"]).select_columns(["prompt"])
+    path = model_path(config.model)
+    tok = load_tokenizer(path, config.trust_remote_code, padding_side="left")
+
+    def encode(row: dict) -> dict:
+        ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                      return_dict=True)["input_ids"]  # fmt: skip
+        return {"input_ids": ids[-config.max_length :]}
+
+    train_ds = prompts.map(encode, remove_columns=["prompt"])
+    policy = AutoModelForCausalLM.from_pretrained(path)
+    ref = AutoModelForCausalLM.from_pretrained(path)
+    reward = AutoModelForSequenceClassification.from_pretrained(str(rm_path), num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(str(rm_path), num_labels=1)
+    for m in (reward, value):
+        m.config.pad_token_id = tok.pad_token_id
+    mean, std = read_normalization(rm_path)
+    reward.score = NormalizedHead(reward.score, mean, std)
+    dev = device_args(config)
+    dev.pop("max_steps")
+    with staged_output(config.output) as tmp:
+        args = PPOConfig(
+            output_dir=str(tmp), total_episodes=config.max_steps * config.batch_size, num_mini_batches=1,
+            response_length=config.response_length, kl_coef=config.kl_coef, stop_token="eos",
+            num_sample_generations=0, missing_eos_penalty=1.0, **dev,
+        )  # fmt: skip
+        trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
+                             train_dataset=train_ds, value_model=value)  # fmt: skip
+        trainer.train()
+        trainer.policy_model.save_pretrained(tmp)
+        tok.padding_side = "right"
+        tok.save_pretrained(tmp)
+        hist = trainer.state.log_history
+        write_metrics(tmp, "ppo", hist, {
+            "prompts": len(train_ds), "kl_coef": config.kl_coef, "reward_model": str(rm_path),
+            "reward_curve": [e.get("objective/rlhf_reward") for e in hist if "objective/rlhf_reward" in e],
+            "kl_curve": [e.get("objective/kl") for e in hist if "objective/kl" in e],
+        })  # fmt: skip
+    return Path(config.output)

@@ -1,0 +1,73 @@
+"""Reward model: `AutoModelForSequenceClassification` (one label) trained with TRL's RewardTrainer on
+`train_prefs`, accuracy on `test_prefs`, scores normalised to mean 0 / std 1 over training responses."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from pydantic import Field
+
+from serving.reward_scoring import NORMALIZATION_FILE, conversation_text, raw_scores
+from trainers.common import (
+    TrainConfig,
+    device_args,
+    load_split,
+    load_tokenizer,
+    model_path,
+    peft_config,
+    staged_output,
+    write_metrics,
+)  # fmt: skip
+
+
+class RewardTrainConfig(TrainConfig):
+    use_margin: bool = Field(default=False, description="pass the `margin` column to the loss")
+    learning_rate: float = 1e-5
+
+
+def pair_accuracy(model, tok, ds, max_length: int) -> float | None:  # noqa: ANN001
+    if len(ds) == 0:
+        return None
+    chosen = raw_scores(model, tok, [conversation_text(tok, r["prompt"], r["chosen"][0]["content"]) for r in ds],
+                        max_length)  # fmt: skip
+    rejected = raw_scores(model, tok, [conversation_text(tok, r["prompt"], r["rejected"][0]["content"])
+                                       for r in ds], max_length)  # fmt: skip
+    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(ds)
+
+
+def train(config: RewardTrainConfig) -> Path:
+    """Train the reward model; writes it with its normalisation constants, metrics.json, curves.png."""
+    from transformers import AutoModelForSequenceClassification
+
+    cols = ["prompt", "chosen", "rejected"] + (["margin"] if config.use_margin else [])
+    train_ds = load_split(config.dataset, "train_prefs", cols).select_columns(cols)
+    test_ds = load_split(config.dataset, "test_prefs", cols, allow_empty=True).select_columns(cols)
+    path = model_path(config.model)
+    tok = load_tokenizer(path, config.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                               trust_remote_code=config.trust_remote_code)  # fmt: skip
+    model.config.pad_token_id = tok.pad_token_id
+    from trl import RewardConfig, RewardTrainer
+
+    with staged_output(config.output) as tmp:
+        args = RewardConfig(output_dir=str(tmp), max_length=config.max_length, **device_args(config))
+        trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
+                                peft_config=peft_config(config, "SEQ_CLS"))  # fmt: skip
+        trainer.train()
+        trained = trainer.model.merge_and_unload() if config.lora else trainer.model
+        texts = [conversation_text(tok, r["prompt"], r[k][0]["content"]) for r in train_ds for k in ("chosen", "rejected")]
+        scores = raw_scores(trained, tok, texts, config.max_length)
+        mean = statistics.fmean(scores)
+        std = statistics.pstdev(scores) or 1.0
+        test_acc = pair_accuracy(trained, tok, test_ds, config.max_length)
+        train_acc = pair_accuracy(trained, tok, train_ds, config.max_length)
+        trained.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / NORMALIZATION_FILE).write_text(json.dumps({"mean": mean, "std": std, "n": len(scores)}))
+        write_metrics(tmp, "reward", trainer.state.log_history, {
+            "train_pairs": len(train_ds), "test_pairs": len(test_ds), "test_accuracy": test_acc,
+            "train_accuracy": train_acc, "normalization": {"mean": mean, "std": std}, "use_margin": config.use_margin,
+        })  # fmt: skip
+    return Path(config.output)
