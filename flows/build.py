@@ -21,8 +21,6 @@ from flows.binarize import BinarizeStats, PairRow, binarize_prompt, split_ids
 from flows.recipe import BinarizeSpec
 from flows.shards import read_json
 
-SFT_COLUMNS = ["prompt_id", "messages", "score", "model"]
-
 
 class BuildResult(BaseModel):
     out_dir: str
@@ -102,6 +100,8 @@ def assemble_rows(
                     scores[key] = cj["fine_grained_score"]
                     if key == primary:
                         annotations, fine = cj["annotations"], cj["fine_grained_score"]
+                elif j["type"] == "reward_model":
+                    scores[key] = data["scores"][pos]
                 else:
                     scores[key] = _win_rates(data["pairs"]).get(c["sample_index"])
             crit = (critiques or {}).get((pid, c["sample_index"]), {})
@@ -146,28 +146,40 @@ def make_pairs(
 
 
 def sft_rows(rows: list[dict[str, Any]], score_key: str | None) -> list[dict[str, Any]]:
-    """Best-of-N: the highest-scoring completion per prompt (rejection sampling)."""
+    """Best-of-N: the highest-scoring completion per prompt (rejection sampling), in the pair schema."""
     out = []
     for row in rows:
-        scored = [c for c in row["completions"]
-                  if score_key and (c["scores"] or {}).get(score_key) is not None]
+        scored = [c for c in row["completions"] if score_key and (c["scores"] or {}).get(score_key) is not None]
         if not scored:
             continue
         best = max(scored, key=lambda c: (c["scores"][score_key], -c["sample_index"]))
-        out.append({"prompt_id": row["prompt_id"],
-                    "messages": row["messages"] + [{"role": "assistant", "content": best["response"]}],
-                    "score": float(best["scores"][score_key]), "model": best["model"]})  # fmt: skip
+        out.append({"prompt_id": row["prompt_id"], "prompt": row["messages"],
+                    "chosen": [{"role": "assistant", "content": best["response"]}], "rejected": [],
+                    "score_chosen": float(best["scores"][score_key]), "chosen_model": best["model"],
+                    "origin": "best-of-n", "judge": score_key})  # fmt: skip
     return out
 
 
-def _dataset(rows: list[dict[str, Any]], template: dict[str, Any]) -> Any:
-    """A Dataset from rows; an empty one keeps the schema inferred from a template row."""
+def binarized_features() -> Any:
+    """One schema for all four splits (as in HuggingFaceH4/ultrafeedback_binarized)."""
+    from datasets import Features, List, Value
+
+    msgs = List({"role": Value("string"), "content": Value("string")})
+    return Features({
+        "prompt_id": Value("string"), "prompt": msgs, "chosen": msgs, "rejected": msgs, "messages": msgs,
+        "score_chosen": Value("float64"), "score_rejected": Value("float64"), "margin": Value("float64"),
+        "chosen_model": Value("string"), "rejected_model": Value("string"), "origin": Value("string"),
+        "judge": Value("string"), "principle_id": Value("string"), "principle_sha256": Value("string"),
+    })  # fmt: skip
+
+
+def _dataset(rows: list[dict[str, Any]]) -> Any:
+    """A Dataset in the binarized schema; `messages` = prompt + chosen (for SFT)."""
     import datasets
 
-    if rows:
-        return datasets.Dataset.from_list(rows)
-    features = datasets.Dataset.from_list([template]).features
-    return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    features = binarized_features()
+    full = [{**{k: None for k in features}, **r, "messages": r["prompt"] + r["chosen"]} for r in rows]
+    return datasets.Dataset.from_dict({k: [r[k] for r in full] for k in features}, features=features)
 
 
 def provenance(recipe: Any, judges: dict[str, dict[str, Any]], constitution: dict | None) -> dict:
@@ -196,19 +208,12 @@ def write_outputs(
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
     try:
         test_ids = split_ids([r["prompt_id"] for r in uf_rows], test_fraction)
-        pair_tpl = PairRow(prompt_id="", prompt=[{"role": "user", "content": ""}],
-                           chosen=[{"role": "assistant", "content": ""}],
-                           rejected=[{"role": "assistant", "content": ""}], score_chosen=0.0,
-                           score_rejected=0.0, margin=0.0, chosen_model="", rejected_model="",
-                           origin="", judge="", principle_id="", principle_sha256="").model_dump()  # fmt: skip
-        sft_tpl = {"prompt_id": "", "messages": [{"role": "user", "content": ""}], "score": 0.0,
-                   "model": ""}  # fmt: skip
         prs = [p.model_dump() for p in pairs]
         splits = {
-            "train_prefs": _dataset([p for p in prs if p["prompt_id"] not in test_ids], pair_tpl),
-            "test_prefs": _dataset([p for p in prs if p["prompt_id"] in test_ids], pair_tpl),
-            "train_sft": _dataset([s for s in sft if s["prompt_id"] not in test_ids], sft_tpl),
-            "test_sft": _dataset([s for s in sft if s["prompt_id"] in test_ids], sft_tpl),
+            "train_prefs": _dataset([p for p in prs if p["prompt_id"] not in test_ids]),
+            "test_prefs": _dataset([p for p in prs if p["prompt_id"] in test_ids]),
+            "train_sft": _dataset([s for s in sft if s["prompt_id"] not in test_ids]),
+            "test_sft": _dataset([s for s in sft if s["prompt_id"] in test_ids]),
         }
         binarized = datasets.DatasetDict(splits)
         uf = datasets.DatasetDict({"train": datasets.Dataset.from_list(uf_rows)}) if uf_rows else None
@@ -280,7 +285,7 @@ def judge_figures(
             f["comparisons"] = len(vs)
             f["position_consistency"] = sum(v["consistent"] for v in vs) / len(vs) if vs else None
             f["tie_rate"] = sum(v["winner"] == "tie" for v in vs) / len(vs) if vs else None
-        else:
+        elif j["type"] == "ultrafeedback":
             ratings = [a["rating"] for r in rows for c in r["completions"]
                        for a in (c["annotations"] or {}).values()]  # fmt: skip
             f["ratings"] = len(ratings)

@@ -27,8 +27,14 @@ from judges.ultrafeedback import UltraFeedbackJudge
 from serving.client import ClientConfig, Endpoint, io_loop, shared_client
 
 
-def templates_sha(kind: str) -> str:
+def templates_sha(kind: str, reward_model: str | None = None) -> str:
+    """Hash of what shapes a judge's answers besides its spec: templates, or the reward model files."""
     h = hashlib.sha256()
+    if kind == "reward_model" and reward_model:
+        for name in ("config.json", "metrics.json", "reward_normalization.json"):
+            p = Path(reward_model) / name
+            if p.exists():
+                h.update(p.read_bytes())
     for p in sorted(TEMPLATES.rglob("*.jinja2")):
         if kind == "ultrafeedback" and "ultrafeedback" in p.parts or p.stem == kind:
             h.update(p.read_bytes())
@@ -40,6 +46,19 @@ def group_by_prompt(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     for r in rows:
         groups[r["prompt_id"]].append(r)
     return {k: sorted(v, key=lambda r: r["sample_index"]) for k, v in groups.items()}
+
+
+def _reward_model_prompts(spec: JudgeSpec, groups: dict[str, list[dict]]) -> dict:
+    from judges.reward_model import RewardModelJudge
+
+    judge = RewardModelJudge(spec.reward_model or "")
+    out = {}
+    for pid, rows in groups.items():
+        scores = judge.judge(rows[0]["messages"], [r["response"] for r in rows])
+        progress.advance("prompts")
+        out[pid] = {"sample_indices": [r["sample_index"] for r in rows], "scores": [s.score for s in scores],
+                    "requests": 0, "parse_failures": 0}  # fmt: skip
+    return out
 
 
 async def _judge_prompts(spec: JudgeSpec, client: Any, groups: dict[str, list[dict]]) -> dict:
@@ -92,11 +111,15 @@ def judge_shard(
     client = shared_client(endpoints, client_config)
     t0 = time.monotonic()
     before = client.counters.model_copy()
-    judged = io_loop().run(_judge_prompts(spec, client, group_by_prompt(rows)))
+    if spec.type == "reward_model":
+        judged = _reward_model_prompts(spec, group_by_prompt(rows))
+    else:
+        judged = io_loop().run(_judge_prompts(spec, client, group_by_prompt(rows)))
     after = client.counters
     write_json(path, {
         "stage": "judge", "judge": spec.key, "type": spec.type, "generate_shard": Path(gen_shard).name,
-        "endpoint_model": endpoints[0].model, "prompts": judged,
+        "endpoint_model": spec.reward_model if spec.type == "reward_model" else endpoints[0].model,
+        "prompts": judged,
         "requests": sum(v.get("requests", 0) for v in judged.values()),
         "parse_failures": sum(v.get("parse_failures", 0) for v in judged.values()),
         "prompt_tokens": after.prompt_tokens - before.prompt_tokens,
@@ -151,7 +174,7 @@ def judge_flow(
     cfg = client_config or ClientConfig()
     t0 = time.monotonic()
     calls = [dict(gen_shard=s, spec=spec, endpoints=eps, client_config=cfg, out_dir=out_dir,
-                  template_sha=templates_sha(spec.type))
+                  template_sha=templates_sha(spec.type, spec.reward_model))
              for spec, eps in judges for s in gen_shards]  # fmt: skip
     with progress.bars({"batches": len(calls), "prompts": n_prompts * len(judges)}, "judge"):
         shards = map_cached(judge_shard_task, calls, out_dir) if calls else []

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.client import ClientConfig, Endpoint
 from serving.config_files import describe_error, load_model
@@ -71,7 +71,7 @@ class Sampling(_Strict):
 
 
 class JudgeSpec(_Strict):
-    type: Literal["ultrafeedback", "pairwise"] = "ultrafeedback"
+    type: Literal["ultrafeedback", "pairwise", "reward_model"] = "ultrafeedback"
     name: str | None = Field(default=None, description="column prefix; defaults to the type")
     judge: ServedModel | None = Field(default=None, description="defaults to the policy endpoint")
     aspects: list[str] | None = Field(default=None, description="UltraFeedback aspects subset")
@@ -80,6 +80,13 @@ class JudgeSpec(_Strict):
     structured: bool = Field(default=True, description="force JSON with response_format")
     logprobs: bool = Field(default=True, description="pairwise: soft preference from logprobs")
     seed: int = 0
+    reward_model: str | None = Field(default=None, description="reward_model: folder from `rlaif train reward`")
+
+    @model_validator(mode="after")
+    def _needs_reward_model(self) -> JudgeSpec:
+        if self.type == "reward_model" and not self.reward_model:
+            raise ValueError("a judge of type reward_model needs `reward_model: <folder>`")
+        return self
 
     @property
     def key(self) -> str:

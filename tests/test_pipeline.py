@@ -1,0 +1,130 @@
+"""`rlaif run` end to end on the real server: datasets on disk that TRL accepts as they are."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tests.helpers import write_jsonl
+
+PROMPTS = [{"prompt": "Name a fruit that is yellow."}, {"prompt": "What is 3 times 4?"},
+           {"prompt": "Give a one-line tip for sleeping well."}]  # fmt: skip
+
+
+def recipe(tmp_path: Path, port: int, extra: str = "", prompts: list | None = None, n: int = 3) -> Path:
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS if prompts is None else prompts)
+    text = f"""name: t
+prompts:
+  path: {data}
+policy:
+  port: {port}
+sampling:
+  n: {n}
+  max_tokens: 24
+batch_size: 2
+judges:
+  - type: ultrafeedback
+  - type: pairwise
+    max_tokens: 48
+binarize:
+  keep_ties: true
+  test_fraction: 0.34
+{extra}"""
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    out = tmp_path / "out"
+    assert main(["run", str(recipe(tmp_path, vllm_server.port)), "--out", str(out)]) == 0
+    uf = datasets.load_from_disk(str(out / "ultrafeedback"))
+    assert len(uf) == 3
+    for row in uf:
+        assert len(row["completions"]) == 3
+        for c in row["completions"]:
+            assert set(c["scores"]) == {"ultrafeedback", "pairwise"}
+            assert c["fine_grained_score"] is None or 1 <= c["fine_grained_score"] <= 5
+        assert row["provenance"]["policy"] == "smollm2-135m-instruct"
+        assert len(row["pairwise_verdicts"]) == 3  # 3 pairs of 3 completions
+    b = datasets.load_from_disk(str(out / "binarized"))
+    assert set(b) == {"train_prefs", "test_prefs", "train_sft", "test_sft"}
+    assert len(b["train_prefs"]) + len(b["test_prefs"]) >= 1
+    for split in ("train_prefs", "test_prefs"):
+        for r in b[split]:
+            assert r["prompt"][0]["role"] == "user" and r["chosen"][0]["role"] == "assistant"
+            assert r["margin"] == pytest.approx(r["score_chosen"] - r["score_rejected"])
+    train_ids = set(b["train_prefs"]["prompt_id"]) | set(b["train_sft"]["prompt_id"])
+    assert not train_ids & (set(b["test_prefs"]["prompt_id"]) | set(b["test_sft"]["prompt_id"]))
+    assert (out / "parquet" / "binarized" / "train_prefs.parquet").exists()
+    card = (out / "README.md").read_text()
+    assert "position consistency" in card and "Length bias" in card and "tiny model" in card
+    assert (out / "report" / "scores.png").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"]["judge"]["requests"] == 3 * 4 + 3 * 3 * 2
+    assert not [p for p in out.rglob("*") if p.name.startswith(".build-")]
+
+    # TRL accepts binarized/train_prefs as is
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train = b["train_prefs"] if len(b["train_prefs"]) else b["test_prefs"]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=1, use_cpu=True,
+                     bf16=False, report_to="none", max_length=128, save_strategy="no")  # fmt: skip
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args,
+                         train_dataset=train, processing_class=tok)  # fmt: skip
+    assert trainer.train().global_step == 1
+
+    # the same dataset loads Hub-style from the card's configs
+    again = datasets.load_dataset(str(out), "binarized")
+    assert again.num_rows == b.num_rows
+
+
+def test_empty_input_finishes_with_empty_dataset(vllm_server, tmp_path):
+    out = tmp_path / "out"
+    path = recipe(tmp_path, vllm_server.port, prompts=[{"prompt": ""}, {"prompt": "   "}])
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    import datasets
+
+    assert datasets.load_from_disk(str(out / "binarized"))["train_prefs"].num_rows == 0
+    assert json.loads((out / "summary.json").read_text())["stages"]["generate"]["skipped"] == {"empty": 2}
+
+
+def test_single_completion_gives_no_pair_and_is_counted(vllm_server, tmp_path):
+    out = tmp_path / "out"
+    path = recipe(tmp_path, vllm_server.port, prompts=PROMPTS[:2], n=1)
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["build"]["stats"]["too_few_completions"] == 2
+    assert "prompts with < 2 completions (no pair) | 2" in (out / "README.md").read_text()
+
+
+def test_judge_endpoint_down_names_it_and_keeps_finished_work(vllm_server, tmp_path, capsys):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    s.close()
+    out = tmp_path / "out"
+    assert main(["generate", str(recipe(tmp_path, vllm_server.port)), "--out", str(out), "--limit", "1"]) == 0
+    shards = sorted((out / "generate").glob("shard-*.json"))
+    extra = f"""  - type: ultrafeedback
+    name: remote
+    judge:
+      endpoints:
+        - base_url: {dead}
+          model: big-judge
+"""
+    path = recipe(tmp_path, vllm_server.port)
+    path.write_text(path.read_text().replace("binarize:", extra + "binarize:"))
+    assert main(["run", str(path), "--out", str(out), "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert dead in err and err.strip().count("\n") == 0
+    assert sorted((out / "generate").glob("shard-*.json")) == shards
+    assert not (out / "binarized").exists()
