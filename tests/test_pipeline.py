@@ -44,7 +44,9 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
     from trl import DPOConfig, DPOTrainer
 
     out = tmp_path / "out"
-    assert main(["run", str(recipe(tmp_path, vllm_server.port)), "--out", str(out)]) == 0
+    constitution = Path(__file__).resolve().parents[1] / "constitutions" / "harmless.yaml"
+    extra = f"critique:\n  constitution: {constitution}\n  mode: critique\n  max_tokens: 24\n"
+    assert main(["run", str(recipe(tmp_path, vllm_server.port, extra)), "--out", str(out)]) == 0
     uf = datasets.load_from_disk(str(out / "ultrafeedback"))
     assert len(uf) == 3
     for row in uf:
@@ -70,6 +72,12 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"]["judge"]["requests"] == 3 * 4 + 3 * 3 * 2
     assert not [p for p in out.rglob("*") if p.name.startswith(".build-")]
+    from judges.constitution import load_constitution
+
+    assert "## Constitution" in card and load_constitution(constitution).sha256[:16] in card
+    assert summary["stages"]["critique"]["rows"] == 9  # one sampled principle per completion
+    origins = set(b["train_prefs"]["origin"]) | set(b["test_prefs"]["origin"])
+    assert "judge" in origins
 
     # TRL accepts binarized/train_prefs as is
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,7 +91,7 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
     assert trainer.train().global_step == 1
 
     # the same dataset loads Hub-style from the card's configs
-    again = datasets.load_dataset(str(out), "binarized")
+    again = datasets.load_dataset(str(out), "binarized", cache_dir=str(tmp_path / "hf-cache"))
     assert again.num_rows == b.num_rows
 
 
