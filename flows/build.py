@@ -149,7 +149,9 @@ def sft_rows(rows: list[dict[str, Any]], score_key: str | None) -> list[dict[str
     """Best-of-N: the highest-scoring completion per prompt (rejection sampling), in the pair schema."""
     out = []
     for row in rows:
-        scored = [c for c in row["completions"] if score_key and (c["scores"] or {}).get(score_key) is not None]
+        scored = [
+            c for c in row["completions"] if score_key and (c["scores"] or {}).get(score_key) is not None
+        ]
         if not scored:
             continue
         best = max(scored, key=lambda c: (c["scores"][score_key], -c["sample_index"]))

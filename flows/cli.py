@@ -62,7 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     recipe, out = load_with_overrides(args)
     res = run_generate(recipe, out, recipe_dir=Path(args.recipe).parent)
-    tps = res.completion_tokens / res.wall_s if res.wall_s else 0.0
+    tps = res.tokens_per_s()
     print(f"generate: {res.prompts} prompts, {res.rows} completions, {res.completion_tokens} tokens, "
           f"{tps:.1f} tokens/s, skipped {res.skipped or 0} -> {out}")  # fmt: skip
     return 0
@@ -73,8 +73,50 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe, out = load_with_overrides(args)
     summary = run_pipeline(recipe, out, recipe_dir=Path(args.recipe).parent)
+    print(closing_table(summary))
     print(summary.one_line())
     return 0
+
+
+def closing_table(summary) -> str:  # noqa: ANN001 - a RunSummary
+    """What a user wants to see at the end: pairs, judge quality, training effect, where things are."""
+    b = summary.build
+    rows: list[tuple[str, str]] = []
+    if b is not None:
+        rows.append(
+            ("pairs (train/test)", f"{b.pairs.get('train_prefs', 0)} / {b.pairs.get('test_prefs', 0)}")
+        )
+        rows.append(("best-of-N SFT rows", str(b.pairs.get("train_sft", 0) + b.pairs.get("test_sft", 0))))
+        if b.constitution_pairs:
+            rows.append(("pairs from the constitution", str(b.constitution_pairs)))
+        for key, f in b.judges.items():
+            if f["type"] == "pairwise" and f.get("position_consistency") is not None:
+                rows.append((f"judge {key}: position consistency", f"{f['position_consistency']:.2f}"))
+            rows.append((f"judge {key}: parse failures", str(f["parse_failures"])))
+    for name, st in summary.stages.items():
+        tps = (
+            f", {st.tokens_per_s():.1f} tok/s"
+            if st.new_completion_tokens
+            else " (from cache)"
+            if not st.requests and name != "build"
+            else ""
+        )
+        rows.append((f"stage {name}", f"{st.wall_s:.0f}s, {st.requests} requests{tps}"))
+    t = summary.train
+    if t:
+        acc = (t.get("preference_accuracy_before"), t.get("preference_accuracy_after"))
+        if acc[0] is not None:
+            rows.append(
+                (f"{t['method']}: preference accuracy before -> after", f"{acc[0]:.2f} -> {acc[1]:.2f}")
+            )
+        if t.get("test_accuracy") is not None:
+            rows.append((f"{t['method']}: test accuracy", f"{t['test_accuracy']:.2f}"))
+        rows.append((f"{t['method']} model", t["output"]))
+    out = Path(summary.out_dir)
+    rows += [("dataset (datasets)", f"{out}/binarized, {out}/ultrafeedback"), ("dataset card", f"{out}/README.md"),
+             ("summary", f"{out}/summary.json")]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -189,14 +189,15 @@ def critique_flow(
 
     cfg = client_config or ClientConfig()
     client = shared_client(endpoints, cfg)
-    before = client.counters.requests
+    before = client.counters.model_copy()
     t0 = time.monotonic()
     calls = [dict(gen_shard=s, spec=spec, constitution=constitution, endpoints=endpoints, client_config=cfg,
                   out_dir=out_dir, constitution_sha=constitution.sha256) for s in gen_shards]  # fmt: skip
     with progress.bars({"batches": len(calls)}, "critique"):
         shards = map_cached(critique_shard_task, calls, out_dir) if calls else []
     st = StageResult(stage="critique", shards=shards, out_dir=out_dir, wall_s=time.monotonic() - t0,
-                     requests=client.counters.requests - before)  # fmt: skip
+                     requests=client.counters.requests - before.requests,
+                     new_completion_tokens=client.counters.completion_tokens - before.completion_tokens)  # fmt: skip
     for s in shards:
         d = read_json(Path(s))
         st.rows += len(d["critiques"]) + len(d["labels"])

@@ -21,6 +21,7 @@ from flows.recipe import Sampling
 from flows.shards import read_json, write_json
 from serving.client import (
     ClientConfig,
+    Counters,
     Endpoint,
     LLMClient,
     RequestRejected,
@@ -53,9 +54,13 @@ class StageResult(BaseModel):
     skipped: dict[str, int] = Field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    requests: int = 0
+    requests: int = 0  # sent in this run (0 when everything came from cache)
+    new_completion_tokens: int = 0  # generated in this run; tokens/s uses these
     wall_s: float = 0.0
     out_dir: str = ""
+
+    def tokens_per_s(self) -> float:
+        return self.new_completion_tokens / self.wall_s if self.wall_s else 0.0
 
 
 def batch_key(batch: list[PromptRow], model: str, sampling: Sampling) -> str:
@@ -143,8 +148,12 @@ def batches_of(rows: list[PromptRow], size: int) -> list[list[PromptRow]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def summarize(stage: str, shards: list[str], out_dir: str, wall_s: float, requests: int) -> StageResult:
-    res = StageResult(stage=stage, shards=shards, out_dir=out_dir, wall_s=wall_s, requests=requests)
+def summarize(
+    stage: str, shards: list[str], out_dir: str, wall_s: float, client: LLMClient, before: Counters
+) -> StageResult:
+    res = StageResult(stage=stage, shards=shards, out_dir=out_dir, wall_s=wall_s,
+                      requests=client.counters.requests - before.requests,
+                      new_completion_tokens=client.counters.completion_tokens - before.completion_tokens)  # fmt: skip
     prompts: set[str] = set()
     for s in shards:
         data = read_json(Path(s))
@@ -172,7 +181,7 @@ def generate(
     shard_dir = Path(out_dir) / "generate"
     cfg = client_config or ClientConfig()
     client = shared_client(endpoints, cfg)
-    before = client.counters.requests
+    before = client.counters.model_copy()
     t0 = time.monotonic()
     from concurrent.futures import ThreadPoolExecutor
 
@@ -180,8 +189,7 @@ def generate(
     with ThreadPoolExecutor(max_workers=max(1, min(64, len(batches)))) as pool:
         shards = list(pool.map(lambda b: generate_batch(b, endpoints, cfg, model, sampling,
                                                         str(shard_dir)), batches))  # fmt: skip
-    return summarize("generate", shards, str(out_dir), time.monotonic() - t0,
-                     client.counters.requests - before)  # fmt: skip
+    return summarize("generate", shards, str(out_dir), time.monotonic() - t0, client, before)
 
 
 # --- Prefect wrappers -------------------------------------------------------------------------
@@ -221,7 +229,7 @@ def generate_flow(
 
     cfg = client_config or ClientConfig()
     client = shared_client(endpoints, cfg)
-    before = client.counters.requests
+    before = client.counters.model_copy()
     t0 = time.monotonic()
     batches = batches_of(prompts, batch_size)
     calls = [dict(batch=b, endpoints=endpoints, client_config=cfg, model=model, sampling=sampling,
@@ -229,5 +237,4 @@ def generate_flow(
     totals = {"batches": len(batches), "completions": len(prompts) * sampling.n}
     with progress.bars(totals, "generate"):
         shards = map_cached(generate_batch_task, calls, out_dir)
-    return summarize("generate", shards, out_dir, time.monotonic() - t0,
-                     client.counters.requests - before)  # fmt: skip
+    return summarize("generate", shards, out_dir, time.monotonic() - t0, client, before)

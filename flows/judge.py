@@ -83,8 +83,10 @@ async def _judge_prompts(spec: JudgeSpec, client: Any, groups: dict[str, list[di
             progress.advance("prompts")
             out[pid] = {
                 "sample_indices": [r["sample_index"] for r in rows],
-                "pairs": [{"i": rows[i]["sample_index"], "j": rows[j]["sample_index"],
-                           **v.model_dump()} for (i, j), v in zip(pairs, verdicts)],  # fmt: skip
+                "pairs": [
+                    {"i": rows[i]["sample_index"], "j": rows[j]["sample_index"], **v.model_dump()}
+                    for (i, j), v in zip(pairs, verdicts)
+                ],  # fmt: skip
                 "requests": 2 * len(pairs),
                 "parse_failures": sum(v.parse_failures for v in verdicts),
             }
@@ -129,12 +131,14 @@ def judge_shard(
     return str(path)
 
 
-def summarize_judge(shards: list[str], out_dir: str, wall_s: float) -> StageResult:
-    res = StageResult(stage="judge", shards=shards, out_dir=out_dir, wall_s=wall_s)
+def summarize_judge(
+    shards: list[str], out_dir: str, wall_s: float, requests: int, new_tokens: int
+) -> StageResult:
+    res = StageResult(stage="judge", shards=shards, out_dir=out_dir, wall_s=wall_s, requests=requests,
+                      new_completion_tokens=new_tokens)  # fmt: skip
     for s in shards:
         d = read_json(Path(s))
         res.rows += len(d["prompts"])
-        res.requests += d.get("requests", 0)
         res.prompt_tokens += d.get("prompt_tokens", 0)
         res.completion_tokens += d.get("completion_tokens", 0)
         if d.get("parse_failures"):
@@ -173,9 +177,13 @@ def judge_flow(
 
     cfg = client_config or ClientConfig()
     t0 = time.monotonic()
+    clients = {id(c): c for c in (shared_client(eps, cfg) for _, eps in judges)}.values()
+    before = [(c.counters.requests, c.counters.completion_tokens) for c in clients]
     calls = [dict(gen_shard=s, spec=spec, endpoints=eps, client_config=cfg, out_dir=out_dir,
                   template_sha=templates_sha(spec.type, spec.reward_model))
              for spec, eps in judges for s in gen_shards]  # fmt: skip
     with progress.bars({"batches": len(calls), "prompts": n_prompts * len(judges)}, "judge"):
         shards = map_cached(judge_shard_task, calls, out_dir) if calls else []
-    return summarize_judge(shards, out_dir, time.monotonic() - t0)
+    requests = sum(c.counters.requests - b[0] for c, b in zip(clients, before))
+    tokens = sum(c.counters.completion_tokens - b[1] for c, b in zip(clients, before))
+    return summarize_judge(shards, out_dir, time.monotonic() - t0, requests, tokens)

@@ -33,9 +33,8 @@ def load_recipe_prompts(recipe: Recipe, recipe_dir: Path | None = None) -> Promp
 def load_recipe_constitution(recipe: Recipe, recipe_dir: Path | None = None) -> Any:
     if recipe.critique is None:
         return None
-    from judges.constitution import load_constitution
-
     from flows.prompts import resolve_path
+    from judges.constitution import load_constitution
 
     return load_constitution(resolve_path(recipe.critique.constitution, recipe_dir))
 
@@ -77,7 +76,7 @@ class RunSummary(BaseModel):
         g = self.stages.get("generate")
         b = self.build
         pairs = sum(v for k, v in (b.pairs if b else {}).items() if k.endswith("prefs"))
-        tps = g.completion_tokens / g.wall_s if g and g.wall_s else 0.0
+        tps = g.tokens_per_s() if g else 0.0
         return (f"done: {g.prompts if g else 0} prompts, {g.rows if g else 0} completions, "
                 f"{g.completion_tokens if g else 0} tokens ({tps:.1f} tokens/s), {pairs} pairs "
                 f"in {self.wall_s:.0f}s -> {self.out_dir}")  # fmt: skip
@@ -89,7 +88,7 @@ def stage_table(summary: RunSummary) -> list[dict[str, Any]]:
         out.append({"stage": name, "rows": st.rows, "requests": st.requests,
                     "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
                     "wall_s": round(st.wall_s, 1),
-                    "tokens_per_s": round(st.completion_tokens / st.wall_s, 1) if st.wall_s else 0,
+                    "new_completion_tokens": st.new_completion_tokens, "tokens_per_s": round(st.tokens_per_s(), 1),
                     "skipped": st.skipped})  # fmt: skip
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,11 @@ _LOCK = threading.Lock()
 
 
 def enabled() -> bool:
-    return sys.stderr.isatty() or bool(__import__("os").environ.get("RLAIF_PROGRESS"))
+    """Bars on a terminal; RLAIF_PROGRESS=1/0 forces them on/off."""
+    forced = os.environ.get("RLAIF_PROGRESS", "").strip().lower()
+    if forced:
+        return forced in ("1", "true", "yes", "on")
+    return sys.stderr.isatty()
 
 
 @contextmanager

@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 
 
 class PromptSource(_Strict):
-    path: str = Field(default="default", description="JSONL/Parquet/CSV/datasets dir; 'default' = bundled set")
+    path: str = Field(
+        default="default", description="JSONL/Parquet/CSV/datasets dir; 'default' = bundled set"
+    )
     column: str = Field(default="prompt", description="text column ('messages' and 'turns' work)")
     id_column: str | None = Field(default=None, description="id column; else sha256 of the text")
     split: str = Field(default="train", description="split when the source is a DatasetDict")
@@ -75,12 +77,14 @@ class JudgeSpec(_Strict):
     name: str | None = Field(default=None, description="column prefix; defaults to the type")
     judge: ServedModel | None = Field(default=None, description="defaults to the policy endpoint")
     aspects: list[str] | None = Field(default=None, description="UltraFeedback aspects subset")
-    max_tokens: int = Field(default=256, ge=16)
+    max_tokens: int = Field(default=384, ge=16)
     temperature: float = Field(default=0.0, ge=0)
     structured: bool = Field(default=True, description="force JSON with response_format")
     logprobs: bool = Field(default=True, description="pairwise: soft preference from logprobs")
     seed: int = 0
-    reward_model: str | None = Field(default=None, description="reward_model: folder from `rlaif train reward`")
+    reward_model: str | None = Field(
+        default=None, description="reward_model: folder from `rlaif train reward`"
+    )
 
     @model_validator(mode="after")
     def _needs_reward_model(self) -> JudgeSpec:

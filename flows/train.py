@@ -23,7 +23,9 @@ def train_method(method: str, **fields: Any) -> Path:
         "sft": (sft, sft.SFTTrainConfig), "dpo": (dpo, dpo.DPOTrainConfig),
         "reward": (reward, reward.RewardTrainConfig), "ppo": (ppo, ppo.PPOTrainConfig),
     }[method]  # fmt: skip
-    clean = {k: v for k, v in fields.items() if v is not None and k in config_cls.model_fields}
+    clean = {
+        k: v for k, v in fields.items() if v is not None and k in config_cls.model_fields and k != "method"
+    }
     try:
         config = config_cls(**clean)
     except ValidationError as exc:
@@ -44,7 +46,7 @@ def train_after_build(recipe: Recipe, out: Path) -> dict[str, Any]:
     spec = recipe.train
     assert spec is not None
     output = out / "models" / spec.method
-    fields = spec.model_dump()
+    fields = spec.model_dump(exclude={"method"})
     fields.update(model=spec.model or recipe.policy.model, dataset=str(out), output=str(output))
     path = train_flow(spec.method, fields)
     metrics = json.loads((Path(path) / "metrics.json").read_text())

@@ -119,7 +119,9 @@ class ConstitutionalJudge:
         self.client = client
         self.logprobs = logprobs
 
-    async def _ask(self, prompt: str, a: str, b: str, principle: Principle) -> tuple[str | None, float | None]:
+    async def _ask(
+        self, prompt: str, a: str, b: str, principle: Principle
+    ) -> tuple[str | None, float | None]:
         text = render(self.template, prompt=clip(prompt), response_a=clip(a), response_b=clip(b),
                       question=principle.comparison)  # fmt: skip
         try:
@@ -148,5 +150,10 @@ class ConstitutionalJudge:
             winner = "x" if p_x > 0.5 else "y" if p_x < 0.5 else "tie"
         else:
             winner = f if consistent else "tie"
-        return Label(principle_id=principle.id, principle_sha256=principle.sha256(),
-                     winner=winner, p_x=p_x, consistent=consistent)  # type: ignore[arg-type]
+        return Label(
+            principle_id=principle.id,
+            principle_sha256=principle.sha256(),
+            winner=winner,
+            p_x=p_x,
+            consistent=consistent,
+        )  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ def rating_schema(n: int) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "rating": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
-            "rationale": {"type": "string", "maxLength": 160},
+            "rationale": {"type": "string", "maxLength": 120},
         },
         "required": ["rating", "rationale"],
         "additionalProperties": False,
@@ -60,8 +60,9 @@ def rating_schema(n: int) -> dict[str, Any]:
             "strict": True,
             "schema": {
                 "type": "object",
-                "properties": {"ratings": {"type": "array", "items": item, "minItems": n,
-                                           "maxItems": n}},  # fmt: skip
+                "properties": {
+                    "ratings": {"type": "array", "items": item, "minItems": n, "maxItems": n}
+                },  # fmt: skip
                 "required": ["ratings"],
                 "additionalProperties": False,
             },
@@ -144,9 +145,7 @@ class UltraFeedbackJudge:
             )  # fmt: skip
             parsed = parse_ratings(res.choices[0].text, len(shown))
         except RequestRejected as exc:
-            parsed = [AspectRating(error=f"judge rejected the request: {str(exc)[:120]}")] * len(
-                shown
-            )
+            parsed = [AspectRating(error=f"judge rejected the request: {str(exc)[:120]}")] * len(shown)
         back: list[AspectRating] = [AspectRating()] * len(responses)
         for pos, idx in enumerate(order):
             back[idx] = parsed[pos]

@@ -209,9 +209,7 @@ class LLMClient:
                         raise RequestRejected(last_error, resp.status_code)
                 self.counters.failures += 1
                 state.consecutive_failures += 1
-                if state.consecutive_failures >= self.config.rest_after_failures and len(
-                    self.states
-                ) > 1:
+                if state.consecutive_failures >= self.config.rest_after_failures and len(self.states) > 1:
                     state.rested_until = time.monotonic() + self.config.rest_s
                     state.consecutive_failures = 0
                 if attempt < self.config.max_retries:

@@ -17,7 +17,9 @@ def conversation_text(tok: Any, prompt: list[dict[str, str]], answer: str) -> st
     return tok.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
 
 
-def raw_scores(model: Any, tok: Any, texts: list[str], max_length: int = 512, batch_size: int = 8) -> list[float]:
+def raw_scores(
+    model: Any, tok: Any, texts: list[str], max_length: int = 512, batch_size: int = 8
+) -> list[float]:
     import torch
 
     out: list[float] = []

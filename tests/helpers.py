@@ -64,7 +64,10 @@ def synthetic_build(out_dir: Path, n_prompts: int = 48, seed: int = 0) -> Path:
                              "source": "synthetic", "sample_index": i, "model": "scripted", "response": text,
                              "sampling": {"temperature": 0.0}, "finish_reason": "stop", "prompt_tokens": 5,
                              "completion_tokens": 5})  # fmt: skip
-        ann = [{a2: {"rating": r, "rationale": "", "error": None} for a2 in ("helpfulness", "honesty")} for r in (5, 1)]
+        ann = [
+            {a2: {"rating": r, "rationale": "", "error": None} for a2 in ("helpfulness", "honesty")}
+            for r in (5, 1)
+        ]
         judged[pid] = {"sample_indices": [0, 1], "orders": {}, "requests": 2, "parse_failures": 0,
                        "completions": [{"annotations": x, "fine_grained_score": float(x["helpfulness"]["rating"])}
                                        for x in ann]}  # fmt: skip

@@ -75,8 +75,10 @@ def status_burst(status: int, times: int, text: str = "ok", retry_after: str | N
 
     def reply(req: dict[str, Any], n: int) -> Reply:
         if n <= times:
-            return status, {"error": {"message": f"injected {status}"}}, (
-                {"Retry-After": retry_after} if retry_after else {}
+            return (
+                status,
+                {"error": {"message": f"injected {status}"}},
+                ({"Retry-After": retry_after} if retry_after else {}),
             )
         return 200, chat_body(text, req.get("n", 1)), {}
 

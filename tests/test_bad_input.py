@@ -38,7 +38,10 @@ def closed_port() -> int:
         ("sampling:\n  temprature: 0.5\n", "sampling.temprature (line 2): unknown field"),
         ("sampling:\n  n: zero\n", "sampling.n (line 2): Input should be a valid integer"),
         ("judges:\n  - type: rubric\n", "judges[0].type (line 2)"),
-        ("policy:\n  endpoints:\n    - base_url: http://x/v1\n", "policy.endpoints[0].model (line 3): Field required"),
+        (
+            "policy:\n  endpoints:\n    - base_url: http://x/v1\n",
+            "policy.endpoints[0].model (line 3): Field required",
+        ),
         ("name: x\n  bad: [unclosed\n", "line 2: not valid YAML"),
         ("- just\n- a list\n", "must be a YAML mapping"),
     ],

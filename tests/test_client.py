@@ -83,7 +83,9 @@ def test_failing_endpoint_is_rested():
     with status_burst(503, 10_000) as bad, status_burst(200, 0, "ok") as good:
 
         async def go():
-            eps = [Endpoint(base_url=u, model="stub", max_concurrency=1) for u in (bad.base_url, good.base_url)]
+            eps = [
+                Endpoint(base_url=u, model="stub", max_concurrency=1) for u in (bad.base_url, good.base_url)
+            ]
             cfg = ClientConfig(max_retries=8, backoff_base_s=0.0, rest_after_failures=2, rest_s=60)
             client = LLMClient(eps, cfg)
             for _ in range(6):

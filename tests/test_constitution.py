@@ -41,9 +41,18 @@ def test_shipped_constitutions_load():
         ("name: [oops\n", "not valid YAML"),
         ("name: t\n", "principles (line 1): Field required"),
         (GOOD.replace("    critique: Critique it.\n", ""), "principles[0].critique (line 4): Field required"),
-        (GOOD + "  - id: p1\n    critique: a\n    revision: b\n    comparison: c\n", "duplicate principle id(s) ['p1']"),
-        (GOOD.replace("    comparison:", "    colour: red\n    comparison:"), "principles[0].colour (line 7): unknown field"),
-        (GOOD.replace("Revise it.", '""'), "principles[0].revision (line 6): String should have at least 1 character"),
+        (
+            GOOD + "  - id: p1\n    critique: a\n    revision: b\n    comparison: c\n",
+            "duplicate principle id(s) ['p1']",
+        ),
+        (
+            GOOD.replace("    comparison:", "    colour: red\n    comparison:"),
+            "principles[0].colour (line 7): unknown field",
+        ),
+        (
+            GOOD.replace("Revise it.", '""'),
+            "principles[0].revision (line 6): String should have at least 1 character",
+        ),
         (GOOD.replace("Revise it.", '"   "'), "principles[0].revision (line 6)"),
         ("name: t\nprinciples: []\n", "principles (line 2): List should have at least 1 item"),
     ],

@@ -69,5 +69,7 @@ def test_critique_label_and_edit_one_principle(policy_endpoint, tmp_path):
 
     cpath.write_text(CONSTITUTION.replace("to be shorter", "to be much shorter"))
     _, sent_edit = run()
-    used_short = sum(c["principle_id"] == "short" for c in crits) + sum(x["principle_id"] == "short" for x in labels)
+    used_short = sum(c["principle_id"] == "short" for c in crits) + sum(
+        x["principle_id"] == "short" for x in labels
+    )
     assert sent_edit == 2 * used_short

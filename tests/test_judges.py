@@ -87,7 +87,9 @@ def test_pairwise_judge_that_always_answers_a_is_all_ties():
 def test_garbage_judge_answers_become_null_with_reason(answer, reason):
     with always_answers(answer) as stub:
         ep = Endpoint(base_url=stub.base_url, model="stub")
-        res, _ = _run(lambda c: UltraFeedbackJudge(c, aspects=["helpfulness"]).judge("p", "q", ["a", "b"]), ep)
+        res, _ = _run(
+            lambda c: UltraFeedbackJudge(c, aspects=["helpfulness"]).judge("p", "q", ["a", "b"]), ep
+        )
     ratings = [c.annotations["helpfulness"] for c in res.completions]
     nulls = [r for r in ratings if r.rating is None]
     assert nulls and all(reason in r.error for r in nulls)

@@ -66,7 +66,9 @@ def test_ppo_two_steps(tiny_model, arith_dataset, small_reward_model, tmp_path):
 
 def test_ppo_without_reward_model_fails_and_writes_nothing(tiny_model, arith_dataset, tmp_path):
     with pytest.raises(ModelError, match="PPO needs a reward model"):
-        ppo.train(ppo.PPOTrainConfig(model=str(tiny_model), dataset=str(arith_dataset), output=str(tmp_path / "p")))
+        ppo.train(
+            ppo.PPOTrainConfig(model=str(tiny_model), dataset=str(arith_dataset), output=str(tmp_path / "p"))
+        )
     assert not (tmp_path / "p").exists()
 
 
@@ -85,7 +87,11 @@ def test_dataset_without_columns_names_the_column(tiny_model, tmp_path):
 def test_model_path_that_is_not_a_model(arith_dataset, tmp_path):
     (tmp_path / "nm").mkdir()
     with pytest.raises(ModelError, match="not a model folder"):
-        dpo.train(dpo.DPOTrainConfig(model=str(tmp_path / "nm"), dataset=str(arith_dataset), output=str(tmp_path / "o")))
+        dpo.train(
+            dpo.DPOTrainConfig(
+                model=str(tmp_path / "nm"), dataset=str(arith_dataset), output=str(tmp_path / "o")
+            )
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -94,5 +100,9 @@ def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
 
     write_outputs(tmp_path / "empty", [], [], [], 0.1)
     with pytest.raises(DataError, match="zero rows"):
-        dpo.train(dpo.DPOTrainConfig(model=str(tiny_model), dataset=str(tmp_path / "empty"), output=str(tmp_path / "o")))
+        dpo.train(
+            dpo.DPOTrainConfig(
+                model=str(tiny_model), dataset=str(tmp_path / "empty"), output=str(tmp_path / "o")
+            )
+        )
     assert not (tmp_path / "o").exists()

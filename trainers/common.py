@@ -38,6 +38,11 @@ class TrainConfig(BaseModel):
     trust_remote_code: bool = False
 
 
+def progress_enabled() -> bool:
+    forced = os.environ.get("RLAIF_PROGRESS", "").strip().lower()
+    return forced in ("1", "true", "yes", "on") if forced else os.isatty(2)
+
+
 def use_cuda() -> bool:
     import torch
 
@@ -53,7 +58,7 @@ def device_args(cfg: TrainConfig) -> dict[str, Any]:
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         max_steps=cfg.max_steps, logging_steps=1, save_strategy="no", seed=cfg.seed,
-        dataloader_num_workers=0, disable_tqdm=not os.environ.get("RLAIF_PROGRESS"),
+        dataloader_num_workers=0, disable_tqdm=not progress_enabled(),
     )  # fmt: skip
 
 
@@ -116,9 +121,15 @@ def staged_output(output: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_metrics(folder: Path, method: str, log_history: list[dict[str, Any]], extra: dict[str, Any]) -> None:
-    clean = [{k: v for k, v in e.items() if not (isinstance(v, float) and math.isnan(v))} for e in log_history]
-    (folder / "metrics.json").write_text(json.dumps({"method": method, **extra, "log_history": clean}, indent=1))
+def write_metrics(
+    folder: Path, method: str, log_history: list[dict[str, Any]], extra: dict[str, Any]
+) -> None:
+    clean = [
+        {k: v for k, v in e.items() if not (isinstance(v, float) and math.isnan(v))} for e in log_history
+    ]
+    (folder / "metrics.json").write_text(
+        json.dumps({"method": method, **extra, "log_history": clean}, indent=1)
+    )
     plot_curves(folder / "curves.png", method, clean)
 
 
@@ -152,7 +163,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     return tok
 
 
-def sequence_logprob(model: Any, tok: Any, prompt: list[dict[str, str]], answer: str, max_length: int) -> float:
+def sequence_logprob(
+    model: Any, tok: Any, prompt: list[dict[str, str]], answer: str, max_length: int
+) -> float:
     """Sum of log p(answer tokens | prompt) under `model` (chat template applied)."""
     import torch
 

@@ -32,7 +32,9 @@ def train(config: DPOTrainConfig) -> Path:
     from trl import DPOConfig, DPOTrainer
 
     train_ds = load_split(config.dataset, "train_prefs", PAIR_COLUMNS).select_columns(PAIR_COLUMNS)
-    eval_ds = load_split(config.dataset, "test_prefs", PAIR_COLUMNS, allow_empty=True).select_columns(PAIR_COLUMNS)
+    eval_ds = load_split(config.dataset, "test_prefs", PAIR_COLUMNS, allow_empty=True).select_columns(
+        PAIR_COLUMNS
+    )
     path = model_path(config.model)
     tok = load_tokenizer(path, config.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=config.trust_remote_code)

@@ -45,7 +45,9 @@ def train(config: PPOTrainConfig) -> Path:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     if not config.reward_model:
-        raise ModelError("PPO needs a reward model: train one with `rlaif train reward` and pass --reward-model")
+        raise ModelError(
+            "PPO needs a reward model: train one with `rlaif train reward` and pass --reward-model"
+        )
     rm_path = Path(config.reward_model)
     if not (rm_path / "config.json").exists():
         raise ModelError(f"{rm_path}: not a reward model folder (no config.json)")

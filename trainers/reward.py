@@ -57,7 +57,11 @@ def train(config: RewardTrainConfig) -> Path:
                                 peft_config=peft_config(config, "SEQ_CLS"))  # fmt: skip
         trainer.train()
         trained = trainer.model.merge_and_unload() if config.lora else trainer.model
-        texts = [conversation_text(tok, r["prompt"], r[k][0]["content"]) for r in train_ds for k in ("chosen", "rejected")]
+        texts = [
+            conversation_text(tok, r["prompt"], r[k][0]["content"])
+            for r in train_ds
+            for k in ("chosen", "rejected")
+        ]
         scores = raw_scores(trained, tok, texts, config.max_length)
         mean = statistics.fmean(scores)
         std = statistics.pstdev(scores) or 1.0
