@@ -46,7 +46,9 @@ def main() -> None:
     pairs = sum(v for k, v in summary.build.pairs.items() if k.endswith("_prefs"))
     stage_wall = {k: v.wall_s for k, v in st.items()}
     busy = sum(stage_wall.values())
-    print(f"{prompts} prompts x {args.n} completions; judge: ultrafeedback (4 aspects), {summary.build.judges}")
+    print(
+        f"{prompts} prompts x {args.n} completions; judge: ultrafeedback (4 aspects), {summary.build.judges}"
+    )
     print(f"judge requests per prompt: {st['judge'].requests / prompts:.2f}")
     print(f"judge tokens (prompt+completion) per labelled pair: {judge_tokens / max(pairs, 1):.0f} "
           f"({judge_tokens} tokens, {pairs} pairs)")  # fmt: skip

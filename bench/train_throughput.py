@@ -39,7 +39,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = dataset(Path(tmp) / "data", 48)
         figures = {}
-        for name, module, cfg in (("dpo", dpo, dpo.DPOTrainConfig), ("reward", reward, reward.RewardTrainConfig)):
+        for name, module, cfg in (
+            ("dpo", dpo, dpo.DPOTrainConfig),
+            ("reward", reward, reward.RewardTrainConfig),
+        ):
             t0 = time.monotonic()
             out = module.train(cfg(dataset=str(data), output=f"{tmp}/{name}", max_steps=args.steps, batch_size=4,
                                    max_length=256))  # fmt: skip

@@ -21,7 +21,7 @@ from flows.prompts import PromptSet, load_prompts
 from flows.recipe import Recipe
 from flows.runner import task_runner
 from flows.shards import check_writable, write_json
-from serving.client import Endpoint
+from serving.client import Endpoint, total_counters
 
 
 def load_recipe_prompts(recipe: Recipe, recipe_dir: Path | None = None) -> PromptSet:
@@ -119,6 +119,7 @@ def pipeline_stages(
 ) -> RunSummary:  # fmt: skip
     """generate -> judge -> critique -> build, each a sub-flow of cached tasks."""
     t0 = time.monotonic()
+    counters_before = total_counters()
     out_dir = Path(out)
     policy_eps, judge_eps = endpoints[0], endpoints[1 : 1 + len(recipe.judges)]
     summary = RunSummary(name=recipe.name, out_dir=out)
@@ -152,6 +153,10 @@ def pipeline_stages(
     plot_report(out_dir)
     write_card(out_dir, built, recipe, {"skipped": gen.skipped, "constitution": cinfo})
     summary.wall_s = time.monotonic() - t0
+    after = total_counters()
+    summary.client = {
+        k: getattr(after, k) - getattr(counters_before, k) for k in ("requests", "failures", "retries")
+    }
     write_json(out_dir / "summary.json", summary.model_dump())
     publish_artifacts(summary)
     return summary
@@ -177,13 +182,27 @@ def publish_artifacts(summary: RunSummary) -> None:
     create_table_artifact(table, key=f"rlaif-{key}-stages", description="per-stage figures")
 
 
+def dated_folder(base: Path) -> Path:
+    """`base/<scheduled start>` for a deployment run (UTC, minute resolution + run name)."""
+    from prefect.runtime import flow_run
+
+    start = flow_run.scheduled_start_time
+    stamp = start.strftime("%Y-%m-%dT%H-%M-%S") if start else time.strftime("%Y-%m-%dT%H-%M-%S")
+    return base / f"{stamp}-{flow_run.name or 'run'}"
+
+
 @flow(name="rlaif-pipeline")
-def pipeline_flow(recipe_path: str, out: str | None = None, limit: int | None = None) -> dict:
-    """Entry point for deployments: load the recipe and run everything into a dated folder."""
+def pipeline_flow(
+    recipe_path: str, out: str | None = None, limit: int | None = None, dated: bool = False
+) -> dict:
+    """Entry point for deployments: load the recipe and run everything (into a dated folder if asked)."""
     from flows.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
     if limit:
         recipe.prompts.limit = limit
     out_dir = Path(out) if out else recipe.output_dir()
-    return run_pipeline(recipe, out_dir, Path(recipe_path).parent).model_dump()
+    if dated:
+        out_dir = dated_folder(out_dir)
+    summary = run_pipeline(recipe, out_dir, Path(recipe_path).parent)
+    return {"out_dir": str(out_dir), "line": summary.one_line()}

@@ -77,7 +77,7 @@ class JudgeSpec(_Strict):
     name: str | None = Field(default=None, description="column prefix; defaults to the type")
     judge: ServedModel | None = Field(default=None, description="defaults to the policy endpoint")
     aspects: list[str] | None = Field(default=None, description="UltraFeedback aspects subset")
-    max_tokens: int = Field(default=384, ge=16)
+    max_tokens: int = Field(default=512, ge=16)
     temperature: float = Field(default=0.0, ge=0)
     structured: bool = Field(default=True, description="force JSON with response_format")
     logprobs: bool = Field(default=True, description="pairwise: soft preference from logprobs")

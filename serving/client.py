@@ -282,6 +282,17 @@ def shared_client(endpoints: list[Endpoint], config: ClientConfig | None = None)
         return _CLIENTS[key]
 
 
+def total_counters() -> Counters:
+    """Counters summed over every client of this process (for run summaries)."""
+    total = Counters()
+    with _LOCK:
+        clients = list(_CLIENTS.values())
+    for c in clients:
+        for field in ("requests", "failures", "retries", "prompt_tokens", "completion_tokens", "wall_s"):
+            setattr(total, field, getattr(total, field) + getattr(c.counters, field))
+    return total
+
+
 def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine factory on the shared loop from synchronous code."""
 

@@ -88,3 +88,88 @@ def status_burst(status: int, times: int, text: str = "ok", retry_after: str | N
 def always_answers(text: str) -> StubServer:
     """A judge that always answers the same text (e.g. a fixed verdict, or garbage)."""
     return StubServer(lambda req, n: (200, chat_body(text, req.get("n", 1)), {}))
+
+
+class FaultProxy:
+    """Forwards to a real server and injects what the real server cannot do on demand: going away
+    (`stop()`/`start()` on the same port), 429 storms and garbage answers (`fault(call_no)`)."""
+
+    def __init__(self, target_base_url: str, fault: Callable[[dict[str, Any], int], Reply | None] | None = None,
+                 port: int = 0) -> None:  # fmt: skip
+        import httpx
+
+        self.target = target_base_url.rstrip("/")
+        self.fault = fault
+        self.calls = 0
+        self.forwarded = 0
+        self.port = port
+        self._http = httpx.Client(timeout=600)
+        self._lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: dict[str, Any] | str | bytes, headers: dict[str, str]) -> None:
+                data = body if isinstance(body, bytes) else (
+                    body.encode() if isinstance(body, str) else json.dumps(body).encode())  # fmt: skip
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                r = proxy._http.get(proxy.target + self.path.removeprefix("/v1"))
+                self._send(r.status_code, r.content, {})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                req = json.loads(body or b"{}")
+                with proxy._lock:
+                    proxy.calls += 1
+                    n = proxy.calls
+                injected = proxy.fault(req, n) if proxy.fault else None
+                if injected is not None:
+                    self._send(*injected)
+                    return
+                try:
+                    r = proxy._http.post(proxy.target + self.path.removeprefix("/v1"), content=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+                except Exception:  # the proxy was stopped while this request was in flight
+                    self.close_connection = True
+                    return
+                with proxy._lock:
+                    proxy.forwarded += 1
+                self._send(r.status_code, r.content, {})
+
+        return Handler
+
+    def start(self) -> FaultProxy:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

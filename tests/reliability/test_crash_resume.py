@@ -1,0 +1,106 @@
+"""Crash and resume: a server that goes away, SIGINT mid-run, 429 storms, garbage judge answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from flows.cli import main
+from tests.helpers import write_jsonl
+from tests.stubs import FaultProxy, chat_body
+
+PROMPTS = [{"prompt": f"Write one short sentence about the number {i}."} for i in range(8)]
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [
+        r for s in sorted((out / "generate").glob("shard-*.json")) for r in json.loads(s.read_text())["rows"]
+    ]
+
+
+def recipe(tmp_path: Path, endpoint_block: str, extra: str = "") -> Path:
+    data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    p = tmp_path / "r.yaml"
+    p.write_text(f"name: rel\nprompts:\n  path: {data}\npolicy:\n{endpoint_block}sampling:\n  n: 2\n"
+                 f"  max_tokens: 24\nbatch_size: 2\nclient:\n  max_retries: 1\n  backoff_base_s: 0.05\n{extra}")  # fmt: skip
+    return p
+
+
+def test_server_dies_mid_generate_then_resume_exactly_once(vllm_server, tmp_path, capsys):
+    proxy = FaultProxy(vllm_server.base_url).start()
+    block = (f"  endpoints:\n    - base_url: {proxy.base_url}\n      model: {vllm_server.model_name}\n"
+             "      max_concurrency: 2\n")  # fmt: skip
+    path, out = recipe(tmp_path, block), tmp_path / "out"
+
+    def killer() -> None:  # the "server" goes away once the first batch is on disk
+        while not list((out / "generate").glob("shard-*.json")):
+            time.sleep(0.05)
+        proxy.stop()
+
+    t = threading.Thread(target=killer)
+    t.start()
+    code = main(["generate", str(path), "--out", str(out)])
+    t.join()
+    err = capsys.readouterr().err
+    assert code == 2 and proxy.base_url in err
+    finished = {(r["prompt_id"], r["sample_index"]) for r in rows_of(out)}
+    assert 0 < len(finished) < 16
+
+    proxy.start()  # the server is back, same URL
+    before = proxy.forwarded
+    assert main(["generate", str(path), "--out", str(out)]) == 0
+    rows = rows_of(out)
+    keys = [(r["prompt_id"], r["sample_index"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 16  # nothing lost, nothing duplicated
+    assert proxy.forwarded - before == 16 - len(finished)  # finished batches were not requested again
+    proxy.stop()
+
+
+def test_sigint_leaves_no_partial_shard_and_rerun_completes(vllm_server, tmp_path):
+    block = f"  port: {vllm_server.port}\n"
+    path, out = recipe(tmp_path, block), tmp_path / "out"
+    env = {**os.environ, "RLAIF_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", str(path), "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((out / "generate").glob("shard-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    for shard in (out / "generate").glob("shard-*.json"):  # every shard that looks finished is complete
+        data = json.loads(shard.read_text())
+        assert len(data["rows"]) == 4 and {r["sample_index"] for r in data["rows"]} == {0, 1}
+    assert main(["generate", str(path), "--out", str(out)]) == 0
+    keys = [(r["prompt_id"], r["sample_index"]) for r in rows_of(out)]
+    assert len(keys) == len(set(keys)) == 16
+
+
+def test_429_storm_and_garbage_judge_complete_and_are_counted(vllm_server, tmp_path):
+    def fault(req: dict, n: int):
+        if n % 3 == 0:
+            return 429, {"error": {"message": "slow down"}}, {"Retry-After": "0"}
+        if n % 5 == 0:  # ~20% garbage answers
+            return 200, chat_body("<<garbage, not json>>"), {}
+        return None
+
+    with FaultProxy(vllm_server.base_url, fault) as judge:
+        extra = ("judges:\n  - type: ultrafeedback\n    judge:\n      endpoints:\n"
+                 f"        - base_url: {judge.base_url}\n          model: {vllm_server.model_name}\n"
+                 "client:\n  max_retries: 4\n  backoff_base_s: 0.01\n")  # fmt: skip
+        path = recipe(tmp_path, f"  port: {vllm_server.port}\n")
+        path.write_text(path.read_text().split("client:")[0] + extra)
+        out = tmp_path / "out"
+        assert main(["run", str(path), "--out", str(out), "--limit", "4"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["client"]["retries"] >= 1 and summary["client"]["failures"] >= 1
+    assert summary["stages"]["judge"]["skipped"]["parse_failures"] >= 1
+    card = (out / "README.md").read_text()
+    assert "| ultrafeedback | ultrafeedback |" in card
+    assert summary["build"]["judges"]["ultrafeedback"]["parse_failures"] >= 1

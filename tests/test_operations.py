@@ -1,0 +1,134 @@
+"""Operations: Dask task runner, scheduled deployments on a local Prefect server, artifacts, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from flows.cli import main
+from flows.generate import generate_flow
+from flows.prompts import load_prompts
+from flows.recipe import Sampling
+from flows.runner import task_runner
+from serving.client import ClientConfig
+from tests.helpers import write_jsonl
+from tests.stubs import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_dask_runner_gives_the_same_rows(policy_endpoint, tmp_path):
+    prompts = load_prompts(
+        str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Count to {i}."} for i in range(5)]))
+    ).rows
+    kwargs = dict(prompts=prompts, endpoints=[policy_endpoint], model="m", sampling=Sampling(n=2, max_tokens=12),
+                  batch_size=2, client_config=ClientConfig())  # fmt: skip
+    threads = generate_flow(out_dir=str(tmp_path / "threads"), **kwargs)
+    dask_flow = generate_flow.with_options(task_runner=task_runner("dask", None, 4))
+    dask = dask_flow(out_dir=str(tmp_path / "dask"), **kwargs)
+
+    def keys(res):  # noqa: ANN001, ANN202
+        rows = [r for s in res.shards for r in json.loads(Path(s).read_text())["rows"]]
+        return sorted((r["prompt_id"], r["sample_index"], r["sampling"]["seed"], r["model"]) for r in rows)
+
+    assert dask.rows == threads.rows == 10
+    assert keys(dask) == keys(threads)
+    assert sorted(Path(s).name for s in dask.shards) == sorted(Path(s).name for s in threads.shards)
+
+
+def test_artifacts_and_summary_without_secrets(vllm_server, tmp_path, monkeypatch, capsys):
+    secret = "sk-rlaif-test-secret-123"
+    monkeypatch.setenv("RLAIF_TEST_JUDGE_KEY", secret)
+    with FaultProxy(vllm_server.base_url) as judge:
+        data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi."}, {"prompt": "Say bye."}])
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"name: ops-artifacts\nprompts:\n  path: {data}\npolicy:\n  port: {vllm_server.port}\n"
+                          "sampling:\n  n: 2\n  max_tokens: 12\njudges:\n  - type: ultrafeedback\n    judge:\n"
+                          f"      endpoints:\n        - base_url: {judge.base_url}\n"
+                          f"          model: {vllm_server.model_name}\n"
+                          "          api_key_env: RLAIF_TEST_JUDGE_KEY\n")  # fmt: skip
+        out = tmp_path / "out"
+        assert main(["run", str(recipe), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".md", ".txt", ".yaml"):
+            assert secret not in f.read_text(errors="ignore"), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"]["generate"]["rows"] == 4
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="rlaif-ops-artifacts"))
+        )
+    kinds = {a.type for a in arts}
+    assert {"markdown", "table"} <= kinds
+    md = next(a for a in arts if a.type == "markdown")
+    assert "generate" in md.data and secret not in md.data
+
+
+def test_scheduled_deployment_run_completes(vllm_server, tmp_path):
+    port = free_port()
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
+           "RLAIF_PROGRESS": "0"}  # fmt: skip
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say ok."}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: sched\nprompts:\n  path: {data}\npolicy:\n  port: {vllm_server.port}\n"
+                      f"sampling:\n  n: 1\n  max_tokens: 8\noutput: {tmp_path}/runs\n")  # fmt: skip
+    prefect_bin = str(Path(sys.executable).parent / "prefect")
+    server = subprocess.Popen([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    served = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        served = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "schedule", str(recipe), "--interval", "10", "--name", "sched-test"],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        completed = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not completed:
+            time.sleep(3)
+            r = httpx.post(f"http://127.0.0.1:{port}/api/flow_runs/filter",
+                           json={"deployments": {"name": {"any_": ["sched-test"]}}}, timeout=10)  # fmt: skip
+            if r.status_code == 200:
+                completed = [fr for fr in r.json() if fr["state"]["type"] == "COMPLETED"]
+        assert completed, "no scheduled flow run reached Completed within 4 minutes"
+        runs = sorted((tmp_path / "runs").glob("*"))
+        assert runs and (runs[0] / "summary.json").exists()  # a dated folder per scheduled run
+    finally:
+        for p in (served, server):
+            if p is not None:
+                try:
+                    os.killpg(p.pid, 15)
+                    p.wait(timeout=30)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    os.killpg(p.pid, 9)
