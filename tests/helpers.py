@@ -79,3 +79,14 @@ def synthetic_build(out_dir: Path, n_prompts: int = 48, seed: int = 0) -> Path:
     jdg.write_text(json.dumps({"type": "ultrafeedback", "endpoint_model": "scripted", "prompts": judged}))
     build(out_dir, [str(gen)], {"ultrafeedback": [str(jdg)]}, BinarizeSpec(test_fraction=0.25), Recipe())
     return out_dir
+
+
+def free_port() -> int:
+    """A local port nothing listens on (a closed port, or one to start a server on)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

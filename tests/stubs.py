@@ -12,6 +12,25 @@ from typing import Any
 Reply = tuple[int, dict[str, Any] | str, dict[str, str]]
 
 
+def send_json(
+    handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any] | str | bytes, headers: dict[str, str]
+) -> None:
+    data = (
+        body
+        if isinstance(body, bytes)
+        else body.encode()
+        if isinstance(body, str)
+        else json.dumps(body).encode()
+    )
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    for k, v in headers.items():
+        handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def chat_body(text: str, n: int = 1) -> dict[str, Any]:
     return {
         "id": "stub", "object": "chat.completion", "model": "stub",
@@ -34,14 +53,7 @@ class StubServer:
                 pass
 
             def _send(self, status: int, body: dict[str, Any] | str, headers: dict[str, str]) -> None:
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body, headers)
 
             def do_GET(self) -> None:  # noqa: N802
                 self._send(200, {"data": [{"id": "stub"}]}, {})
@@ -119,15 +131,7 @@ class FaultProxy:
                 pass
 
             def _send(self, status: int, body: dict[str, Any] | str | bytes, headers: dict[str, str]) -> None:
-                data = body if isinstance(body, bytes) else (
-                    body.encode() if isinstance(body, str) else json.dumps(body).encode())  # fmt: skip
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body, headers)
 
             def do_GET(self) -> None:  # noqa: N802
                 r = proxy._http.get(proxy.target + self.path.removeprefix("/v1"))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from flows.cli import main
-from tests.helpers import write_jsonl
+from tests.helpers import free_port, write_jsonl
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -22,14 +21,6 @@ def recipe(tmp_path: Path, body: str) -> str:
     p = tmp_path / "r.yaml"
     p.write_text(body)
     return str(p)
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.mark.parametrize(
@@ -82,7 +73,7 @@ def test_unreadable_prompts_file(capsys, tmp_path):
 
 
 def test_unreachable_endpoint_names_url(capsys, tmp_path):
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     path = recipe(tmp_path, f"policy:\n  endpoints:\n    - base_url: {url}\n      model: m\n")
     code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "o"), "--limit", "1")
     assert code == 2 and url in err and "unreachable" in err
@@ -91,7 +82,7 @@ def test_unreachable_endpoint_names_url(capsys, tmp_path):
 def test_model_folder_that_is_not_a_model(capsys, tmp_path):
     folder = tmp_path / "notamodel"
     folder.mkdir()
-    path = recipe(tmp_path, f"policy:\n  model: {folder}\n  port: {closed_port()}\n")
+    path = recipe(tmp_path, f"policy:\n  model: {folder}\n  port: {free_port()}\n")
     code, err = run_cli(capsys, "generate", path, "--out", str(tmp_path / "o"), "--limit", "1")
     assert code == 2 and str(folder) in err and "not a model folder" in err
 
@@ -108,7 +99,7 @@ def test_read_only_output_path(capsys, tmp_path):
 def test_output_folder_that_cannot_be_created(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
-    url = f"http://127.0.0.1:{closed_port()}/v1"  # proves no endpoint is contacted first
+    url = f"http://127.0.0.1:{free_port()}/v1"  # proves no endpoint is contacted first
     path = recipe(tmp_path, f"policy:\n  endpoints:\n    - base_url: {url}\n      model: m\n")
     code, err = run_cli(capsys, "generate", path, "--out", str(blocker / "out"))
     assert code == 2 and "not writable" in err and url not in err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,10 @@ from flows.prompts import load_prompts
 from flows.recipe import Sampling
 from flows.runner import task_runner
 from serving.client import ClientConfig
-from tests.helpers import write_jsonl
+from tests.helpers import free_port, write_jsonl
 from tests.stubs import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_dask_runner_gives_the_same_rows(policy_endpoint, tmp_path):
