@@ -21,7 +21,9 @@ def test_judge_eval_prints_the_figures(vllm_server, tmp_path, capsys):
     assert out["n"] == 3 and out["parse_failures"] == 0
     for key in ("accuracy", "position_consistency", "tie_rate"):
         assert 0.0 <= out[key] <= 1.0
-    assert main(["judge-eval", "--pairs", str(pairs), "--judge", "ultrafeedback", "--recipe", str(recipe)]) == 0
+    assert (
+        main(["judge-eval", "--pairs", str(pairs), "--judge", "ultrafeedback", "--recipe", str(recipe)]) == 0
+    )
     uf = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert uf["n"] == 3 and uf["judge"] == "ultrafeedback"
 

@@ -106,3 +106,18 @@ def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
             )
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_reward_model_judge_scores_a_second_round(small_reward_model, arith_dataset, tmp_path):
+    from flows.judge import judge_shard
+    from flows.recipe import JudgeSpec
+    from serving.client import ClientConfig, Endpoint
+
+    gen = next((arith_dataset / "generate").glob("shard-*.json"))
+    spec = JudgeSpec(type="reward_model", reward_model=str(small_reward_model))
+    unused = [Endpoint(base_url="http://127.0.0.1:9/v1", model="unused")]  # scored locally, no requests
+    path = judge_shard(str(gen), spec, unused, ClientConfig(), str(tmp_path), "x")
+    data = json.loads(Path(path).read_text())
+    assert data["requests"] == 0 and len(data["prompts"]) == 48
+    scores = [s for p in data["prompts"].values() for s in p["scores"]]
+    assert all(isinstance(s, float) for s in scores)
