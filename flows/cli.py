@@ -48,6 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"starting vLLM for {server.model_name} on {server.base_url} (log {server.log_path}) ...",
           file=sys.stderr)  # fmt: skip
     with server:
+        if server.reused:
+            print(f"{server.model_name} is already served at {server.base_url}; nothing to start")
+            return 0
         print(f"serving {server.model_name} at {server.base_url} — Ctrl-C stops it", flush=True)
         try:
             while server.proc is None or server.proc.poll() is None:
@@ -125,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Preference data with AI feedback: a vLLM policy writes completions, LLM judges "
         "rate and compare them, constitutions drive critique-and-revision, and the result is a "
         "Hugging Face dataset with TRL-ready chosen/rejected pairs.",
+        epilog="examples:\n"
+        "  rlaif run recipes/demo.yaml                  # the whole pipeline on the bundled model\n"
+        "  rlaif run recipes/demo.yaml --limit 4 --out runs/try\n"
+        "  rlaif constitution check constitutions/*.yaml\n"
+        "  rlaif train dpo --dataset runs/demo --max-steps 50\n"
+        "  rlaif schedule recipes/demo.yaml --cron '0 2 * * *'\n\n"
+        "Errors print one line (`rlaif: error: ...`) and exit 2; re-running a command resumes it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -134,11 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("generate", help="generate completions for a recipe's prompts")
+    p = sub.add_parser(
+        "generate", help="generate completions for a recipe's prompts",
+        description="Generate `sampling.n` completions per prompt with the recipe's policy; one shard per "
+        "batch under OUT/generate/. Finished batches are never requested again.",
+    )  # fmt: skip
     _recipe_args(p)
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("run", help="generate -> judge -> (critique) -> build -> (train) as one flow")
+    p = sub.add_parser(
+        "run", help="generate -> judge -> (critique) -> build -> (train) as one flow",
+        description="Run the recipe's whole pipeline as one Prefect flow and write OUT/ultrafeedback, "
+        "OUT/binarized (TRL-ready), Parquet, the dataset card OUT/README.md and OUT/summary.json. "
+        "Local models are served by vLLM on 127.0.0.1 (started, or reused when already up).",
+    )  # fmt: skip
     _recipe_args(p)
     p.set_defaults(fn=cmd_run)
 

@@ -236,5 +236,6 @@ def generate_flow(
                   shard_dir=str(Path(out_dir) / "generate")) for b in batches]  # fmt: skip
     totals = {"batches": len(batches), "completions": len(prompts) * sampling.n}
     with progress.bars(totals, "generate"):
-        shards = map_cached(generate_batch_task, calls, out_dir)
+        shards = map_cached(generate_batch_task, calls, out_dir,
+                            lambda path: progress.advance("completions", len(read_json(Path(path))["rows"])))  # fmt: skip
     return summarize("generate", shards, out_dir, time.monotonic() - t0, client, before)

@@ -183,7 +183,9 @@ def judge_flow(
                   template_sha=templates_sha(spec.type, spec.reward_model))
              for spec, eps in judges for s in gen_shards]  # fmt: skip
     with progress.bars({"batches": len(calls), "prompts": n_prompts * len(judges)}, "judge"):
-        shards = map_cached(judge_shard_task, calls, out_dir) if calls else []
+        shards = (map_cached(judge_shard_task, calls, out_dir,
+                             lambda path: progress.advance("prompts", len(read_json(Path(path))["prompts"])))
+                  if calls else [])  # fmt: skip
     requests = sum(c.counters.requests - b[0] for c, b in zip(clients, before))
     tokens = sum(c.counters.completion_tokens - b[1] for c, b in zip(clients, before))
     return summarize_judge(shards, out_dir, time.monotonic() - t0, requests, tokens)

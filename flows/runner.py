@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,20 @@ def result_storage(out_dir: str | Path) -> Path:
     return Path(out_dir).resolve() / ".prefect"
 
 
-def map_cached(task: Task[..., str], calls: list[dict[str, Any]], out_dir: str | Path) -> list[str]:
-    """Submit one task per call; return the shard paths in call order."""
+def map_cached(
+    task: Task[..., str],
+    calls: list[dict[str, Any]],
+    out_dir: str | Path,
+    on_cached: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Submit one task per call; return the shard paths in call order. `on_cached(path)` runs for
+    each batch that came from the cache (so progress bars still reach their totals)."""
     t = task.with_options(result_storage=result_storage(out_dir), persist_result=True)
     futures = [t.submit(**kw) for kw in calls]
-    for _ in as_completed(futures):
+    for fut in as_completed(futures):
         progress.advance("batches")
+        if on_cached is not None and fut.state.name == "Cached":
+            on_cached(fut.result())
     paths = [f.result() for f in futures]
     for i, p in enumerate(paths):
         if not Path(p).exists():  # the run folder was cleaned but the cache survived: redo
