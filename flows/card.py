@@ -118,10 +118,14 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
         c = extra["constitution"]
         lines += ["## Constitution", "", f"`{c['name']}` v{c['version']} ({c['path']}), sha256 "
                   f"`{c['sha256'][:16]}…`, mode `{c['mode']}`.", "",
-                  "| principle | critiques | pairs kept | dropped |", "|---|---|---|---|"]  # fmt: skip
+                  "| principle | critiques | pairs kept | dropped (why: identical, refusal, empty) |", "|---|---|---|---|"]  # fmt: skip
         for pid, n in c.get("per_principle", {}).items():
-            lines.append(f"| {pid} | {n.get('critiques', 0)} | {n.get('pairs', 0)} | "
-                         f"{n.get('dropped', 0)} |")  # fmt: skip
+            why = ", ".join(
+                f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(n.items()) if k.startswith("dropped_")
+            )
+            lines.append(f"| {pid} | {n.get('critiques', 0)} | {n.get('pairs', 0)} | {n.get('dropped', 0)}"
+                         f"{f' ({why})' if why else ''} |")  # fmt: skip
+
         if c.get("label"):
             lines += ["", f"Constitutional labels: {c['label']}"]
         lines.append("")

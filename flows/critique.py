@@ -167,6 +167,8 @@ class CritiqueResult(BaseModel):
             d = per.setdefault(c["principle_id"], {"critiques": 0, "pairs": 0, "dropped": 0})
             d["critiques"] += 1
             d["pairs" if c["status"] == "kept" else "dropped"] += 1
+            if c["status"] != "kept":
+                d[f"dropped_{c['status']}"] = d.get(f"dropped_{c['status']}", 0) + 1
         labels = self._items("labels")
         for lab in labels:
             d = per.setdefault(lab["principle_id"], {"critiques": 0, "pairs": 0, "dropped": 0})
