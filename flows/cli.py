@@ -21,6 +21,22 @@ def _quiet_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _quiet_prefect_console() -> None:
+    """Failed tasks reach the user as one `rlaif: error:` line, not Prefect's console tracebacks.
+    Logs still go to the Prefect API (UI); RLAIF_VERBOSE=1 keeps the console output."""
+    if os.environ.get("RLAIF_VERBOSE", "").lower() in ("1", "true", "yes"):
+        return
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for name in ("", "prefect", "prefect._internal"):  # Prefect's console handlers sit on the root logger
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ in ("PrefectConsoleHandler", "_SafeStreamHandler"):
+                handler.setLevel(logging.CRITICAL)
+
+
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see recipes/demo.yaml)")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
@@ -112,6 +128,10 @@ def closing_table(summary) -> str:  # noqa: ANN001 - a RunSummary
             rows.append(
                 (f"{t['method']}: preference accuracy before -> after", f"{acc[0]:.2f} -> {acc[1]:.2f}")
             )
+        if t.get("eval_rewards_accuracy") is not None:
+            rows.append(
+                (f"{t['method']}: eval rewards/accuracies (after)", f"{t['eval_rewards_accuracy']:.2f}")
+            )
         if t.get("test_accuracy") is not None:
             rows.append((f"{t['method']}: test accuracy", f"{t['test_accuracy']:.2f}"))
         rows.append((f"{t['method']} model", t["output"]))
@@ -172,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_env()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_prefect_console()
     try:
         return int(args.fn(args) or 0)
     except RlaifError as exc:

@@ -115,6 +115,15 @@ class VllmServer:
             start_new_session=True,
         )  # fmt: skip
         log.close()
+        try:
+            self._wait_ready()
+        except BaseException:  # a failed or interrupted start leaves no orphan server behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -123,9 +132,8 @@ class VllmServer:
                     f"during start-up (log {self.log_path}):\n{self.log_tail()}"
                 )
             if server_models(self.base_url) is not None:
-                return self
+                return
             time.sleep(2)
-        self.stop()
         raise EndpointError(
             f"vLLM server for {self.model_name} did not answer on {self.base_url} within "
             f"{self.startup_timeout:.0f}s (log {self.log_path}):\n{self.log_tail()}"
