@@ -76,6 +76,11 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
         f"pairs = load_from_disk('{out_dir}/binarized')['train_prefs']  # prompt/chosen/rejected/margin",
         f"rows = load_from_disk('{out_dir}/ultrafeedback')              # UltraFeedback-style rows",
         "```", "",
+        "Train on it with TRL as it is (`prompt`/`chosen`/`rejected` are conversational; RewardTrainer "
+        "also reads `margin`), or with `rlaif train dpo --dataset " + str(out_dir) + "`:", "",
+        "```python", "from trl import DPOConfig, DPOTrainer",
+        "trainer = DPOTrainer(model=model, args=DPOConfig(output_dir='dpo'), train_dataset=pairs,",
+        "                     processing_class=tokenizer)", "```", "",
     ]  # fmt: skip
     small_default = any("smollm2-135m" in str(j.get("model", "")).lower() for j in build.judges.values())
     if small_default:

@@ -81,9 +81,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     recipe, out = load_with_overrides(args)
     res = run_generate(recipe, out, recipe_dir=Path(args.recipe).parent)
-    tps = res.tokens_per_s()
-    print(f"generate: {res.prompts} prompts, {res.rows} completions, {res.completion_tokens} tokens, "
-          f"{tps:.1f} tokens/s, skipped {res.skipped or 0} -> {out}")  # fmt: skip
+    rate = f"{res.tokens_per_s():.1f} tokens/s" if res.requests else "all from cache, 0 requests"
+    print(f"generate: {res.prompts} prompts, {res.rows} completions, {res.completion_tokens} tokens, {rate}, "
+          f"skipped {res.skipped or 0} -> {out}")  # fmt: skip
+
     return 0
 
 
