@@ -104,3 +104,16 @@ def test_429_storm_and_garbage_judge_complete_and_are_counted(vllm_server, tmp_p
     card = (out / "README.md").read_text()
     assert "| ultrafeedback | ultrafeedback |" in card
     assert summary["build"]["judges"]["ultrafeedback"]["parse_failures"] >= 1
+
+
+def test_read_only_output_fails_before_any_model_call(vllm_server, tmp_path, capsys):
+    with FaultProxy(vllm_server.base_url) as proxy:
+        block = f"  endpoints:\n    - base_url: {proxy.base_url}\n      model: {vllm_server.model_name}\n"
+        path = recipe(tmp_path, block)
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a folder")
+        target = Path("/sys/rlaif-out") if os.geteuid() == 0 else blocker / "out"
+        assert main(["run", str(path), "--out", str(target)]) == 2
+        assert proxy.calls == 0  # no model call was made
+    err = capsys.readouterr().err
+    assert "not writable" in err and str(target) in err
