@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from flows import progress
 from flows.binarize import PairRow
 from flows.generate import StageResult
-from flows.judge import group_by_prompt
+from flows.judge import group_by_prompt, templates_sha
 from flows.recipe import CritiqueSpec
 from flows.shards import read_json, write_json
 from judges.constitution import Constitution
@@ -49,6 +49,7 @@ async def _critique_rows(
     critic = ConstitutionalCritic(client, c, spec.max_tokens)
     judge = ConstitutionalJudge(client, logprobs=True)
     crit_jobs, label_jobs = [], []
+    choice_sha = templates_sha("constitutional_choice")  # editing the A/B template re-labels
     for pid, rows in groups.items():
         prompt = rows[0]["prompt"]
         if spec.mode in ("critique", "both"):
@@ -60,7 +61,9 @@ async def _critique_rows(
         if spec.mode in ("label", "both"):
             for a, b in zip(rows[0::2], rows[1::2]):
                 for p in pick_principles(c, spec.principles, spec.seed, pid, a["sample_index"], "label"):
-                    key = item_key("label", p.sha256(), prompt, a["response"], b["response"], model)
+                    key = item_key(
+                        "label", p.sha256(), prompt, a["response"], b["response"], model, choice_sha
+                    )
                     label_jobs.append((a, b, p, key))
 
     async def do_crit(r: dict, p: Any, key: str) -> dict:

@@ -124,7 +124,13 @@ class TrainSpec(_Strict):
     max_length: int = Field(default=256, ge=16)
     beta: float = Field(default=0.1, gt=0)
     lora: bool = False
-    reward_model: str | None = None
+    reward_model: str | None = Field(default=None, description="ppo: folder from `rlaif train reward`")
+
+    @model_validator(mode="after")
+    def _ppo_needs_reward_model(self) -> TrainSpec:
+        if self.method == "ppo" and not self.reward_model:
+            raise ValueError("method ppo needs `reward_model: <folder from rlaif train reward>`")
+        return self
 
 
 class Recipe(_Strict):
