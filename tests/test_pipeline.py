@@ -45,7 +45,8 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
 
     out = tmp_path / "out"
     constitution = Path(__file__).resolve().parents[1] / "constitutions" / "harmless.yaml"
-    extra = f"critique:\n  constitution: {constitution}\n  mode: critique\n  max_tokens: 24\n"
+    extra = (f"critique:\n  constitution: {constitution}\n  mode: critique\n  max_tokens: 24\n"
+             f"train:\n  method: sft\n  model: {tiny_model}\n  max_steps: 1\n  batch_size: 1\n")  # fmt: skip
     assert main(["run", str(recipe(tmp_path, vllm_server.port, extra)), "--out", str(out)]) == 0
     uf = datasets.load_from_disk(str(out / "ultrafeedback"))
     assert len(uf) == 3
@@ -72,6 +73,8 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"]["judge"]["requests"] == 3 * 4 + 3 * 3 * 2
     assert not [p for p in out.rglob("*") if p.name.startswith(".build-")]
+    assert summary["train"]["method"] == "sft" and Path(summary["train"]["output"]) == out / "models" / "sft"
+    assert (out / "models" / "sft" / "config.json").exists()
     from judges.constitution import load_constitution
 
     assert "## Constitution" in card and load_constitution(constitution).sha256[:16] in card

@@ -121,3 +121,16 @@ def test_reward_model_judge_scores_a_second_round(small_reward_model, arith_data
     assert data["requests"] == 0 and len(data["prompts"]) == 48
     scores = [s for p in data["prompts"].values() for s in p["scores"]]
     assert all(isinstance(s, float) for s in scores)
+
+
+def test_train_cli_prints_metrics(tiny_model, arith_dataset, tmp_path, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "cli-sft"
+    code = main(["train", "sft", "--dataset", str(arith_dataset), "--model", str(tiny_model), "--output", str(out),
+                 "--max-steps", "1", "--batch-size", "2"])  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["output"] == str(out) and printed["method"] == "sft" and (out / "config.json").exists()
+    assert main(["train", "ppo", "--dataset", str(arith_dataset), "--model", str(tiny_model)]) == 2
+    assert "PPO needs a reward model" in capsys.readouterr().err

@@ -41,7 +41,11 @@ class NormalizedHead(torch.nn.Module):
 
 def train(config: PPOTrainConfig) -> Path:
     """Run PPO; writes the policy + tokenizer, metrics.json (reward and KL curves) and curves.png."""
+    import os
+
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # known: PPO lives in trl.experimental in 1.12
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     if not config.reward_model:
