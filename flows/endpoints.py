@@ -48,7 +48,8 @@ def live_endpoints(*specs: ServedModel) -> Iterator[list[list[Endpoint]]]:
                             f"two different local models on port {spec.port}: give the judge its "
                             "own `port:` in the recipe"
                         )
-                    server = VllmServer(spec.model, port=spec.port, max_model_len=spec.max_model_len)
+                    server = VllmServer(spec.model, port=spec.port, max_model_len=spec.max_model_len,
+                                        extra_args=["--trust-remote-code"] if spec.trust_remote_code else None)  # fmt: skip
                     servers[key] = stack.enter_context(server)
             else:
                 for ep in spec.endpoint_list():

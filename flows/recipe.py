@@ -44,6 +44,7 @@ class ServedModel(_Strict):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="port of the local server")
     max_concurrency: int = Field(default=32, ge=1, description="in-flight requests (local)")
     max_model_len: int = Field(default=2048, ge=128)
+    trust_remote_code: bool = Field(default=False, description="let vLLM run the model repo's own code")
 
     @property
     def is_local(self) -> bool:
@@ -124,6 +125,7 @@ class TrainSpec(_Strict):
     max_length: int = Field(default=256, ge=16)
     beta: float = Field(default=0.1, gt=0)
     lora: bool = False
+    trust_remote_code: bool = False
     reward_model: str | None = Field(default=None, description="ppo: folder from `rlaif train reward`")
 
     @model_validator(mode="after")
