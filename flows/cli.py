@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from serving.errors import RlaifError
@@ -63,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = VllmServer(args.model, port=args.port, host=args.host)
     print(f"starting vLLM for {server.model_name} on {server.base_url} (log {server.log_path}) ...",
           file=sys.stderr)  # fmt: skip
+
     with server:
         if server.reused:
             print(f"{server.model_name} is already served at {server.base_url}; nothing to start")
@@ -189,8 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_env()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)  # `kill` unwinds like Ctrl-C: local vLLM servers are stopped
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_prefect_console()
