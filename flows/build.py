@@ -34,18 +34,25 @@ class BuildResult(BaseModel):
     mean_len_rejected: float | None = None
 
 
-def _judge_data(judge_shards: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-    """judge key -> {"type", "prompts": {prompt_id: data}}."""
+def load_judges(judge_shards: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Read every judge shard once: key -> {"type", "model", "prompts": {prompt_id: data},
+    "requests", "parse_failures"}."""
     out: dict[str, dict[str, Any]] = {}
     for key, shards in judge_shards.items():
-        merged: dict[str, Any] = {}
-        kind = "ultrafeedback"
-        model = ""
+        j: dict[str, Any] = {
+            "type": "ultrafeedback",
+            "model": "",
+            "prompts": {},
+            "requests": 0,
+            "parse_failures": 0,
+        }
         for s in shards:
             d = read_json(Path(s))
-            kind, model = d["type"], d.get("endpoint_model", "")
-            merged.update(d["prompts"])
-        out[key] = {"type": kind, "model": model, "prompts": merged}
+            j["type"], j["model"] = d["type"], d.get("endpoint_model", "")
+            j["prompts"].update(d["prompts"])
+            j["requests"] += d.get("requests", 0)
+            j["parse_failures"] += d.get("parse_failures", 0)
+        out[key] = j
     return out
 
 
@@ -63,12 +70,11 @@ def _win_rates(pairs: list[dict[str, Any]]) -> dict[int, float]:
 
 def assemble_rows(
     gen_shards: list[str],
-    judge_shards: dict[str, list[str]],
+    judges: dict[str, dict[str, Any]],
     critiques: dict[tuple[str, int], dict[str, Any]] | None = None,
     provenance: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+) -> list[dict[str, Any]]:
     """One UltraFeedback row per prompt, completions in sample order, every judge's scores."""
-    judges = _judge_data(judge_shards)
     primary = next((k for k, j in judges.items() if j["type"] == "ultrafeedback"), None)
     by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in gen_shards:
@@ -119,7 +125,7 @@ def assemble_rows(
             "pairwise_verdicts": verdicts, "provenance": provenance or {},
         })  # fmt: skip
     rows.sort(key=lambda r: r["prompt_id"])
-    return rows, judges
+    return rows
 
 
 def make_pairs(
@@ -255,9 +261,8 @@ def build(
     constitution: dict | None = None,
 ) -> BuildResult:
     """Assemble, binarise and save; returns the figures the card and summary need."""
-    judges_meta = _judge_data(judge_shards)
-    prov = provenance(recipe, judges_meta, constitution)
-    rows, judges = assemble_rows(gen_shards, judge_shards, critiques, prov)
+    judges = load_judges(judge_shards)
+    rows = assemble_rows(gen_shards, judges, critiques, provenance(recipe, judges, constitution))
     pairs, stats, score_key = make_pairs(rows, judges, spec)
     cpairs = constitution_pairs or []
     all_pairs = pairs + cpairs
@@ -268,20 +273,14 @@ def build(
     if all_pairs:
         res.mean_len_chosen = sum(len(p.chosen[0]["content"]) for p in all_pairs) / len(all_pairs)
         res.mean_len_rejected = sum(len(p.rejected[0]["content"]) for p in all_pairs) / len(all_pairs)
-    res.judges = judge_figures(rows, judges, judge_shards)
+    res.judges = judge_figures(rows, judges)
     return res
 
 
-def judge_figures(
-    rows: list[dict[str, Any]], judges: dict[str, dict[str, Any]], judge_shards: dict[str, list[str]]
-) -> dict[str, dict[str, Any]]:
+def judge_figures(rows: list[dict[str, Any]], judges: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     figs: dict[str, dict[str, Any]] = {}
     for key, j in judges.items():
-        f: dict[str, Any] = {"type": j["type"], "model": j["model"], "requests": 0, "parse_failures": 0}
-        for s in judge_shards[key]:
-            d = read_json(Path(s))
-            f["requests"] += d.get("requests", 0)
-            f["parse_failures"] += d.get("parse_failures", 0)
+        f: dict[str, Any] = {k: j[k] for k in ("type", "model", "requests", "parse_failures")}
         if j["type"] == "pairwise":
             vs = [v for r in rows for v in r["pairwise_verdicts"] if v["judge"] == key]
             f["comparisons"] = len(vs)

@@ -186,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.set_defaults(fn=cmd_run)
 
-    from flows import cli_more
+    from flows import cli_more, cli_train
 
     cli_more.add_commands(sub)
+    cli_train.add_commands(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""More `rlaif` sub-commands: judge-eval, constitution check, train, eval-policy, schedule."""
+"""More `rlaif` sub-commands: judge-eval and constitution check."""
 
 from __future__ import annotations
 
@@ -56,7 +56,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     c = csub.add_parser("check", help="validate constitution files; one summary line per file")
     c.add_argument("files", nargs="+")
     c.set_defaults(fn=cmd_constitution_check)
-
-    from flows import cli_train
-
-    cli_train.add_commands(sub)

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from flows import progress
 from flows.binarize import PairRow
@@ -122,8 +122,14 @@ class CritiqueResult(BaseModel):
     stage: StageResult
     constitution: dict[str, str] = Field(default_factory=dict)
 
+    _loaded: dict[str, list[dict[str, Any]]] | None = PrivateAttr(default=None)
+
     def _items(self, kind: str) -> list[dict[str, Any]]:
-        return [x for s in self.stage.shards for x in read_json(Path(s))[kind]]
+        """Critique or label records of every shard (read once, then kept)."""
+        if self._loaded is None:
+            data = [read_json(Path(s)) for s in self.stage.shards]
+            self._loaded = {k: [x for d in data for x in d[k]] for k in ("critiques", "labels")}
+        return self._loaded[kind]
 
     def critiques(self) -> dict[tuple[str, int], dict[str, Any]]:
         """(prompt_id, sample_index) -> the first kept critique/revision (for the UltraFeedback rows)."""

@@ -1,6 +1,6 @@
 """Generate stage: the policy writes `n` completions per prompt, one shard per batch of prompts.
 
-`generate_batch` is the plain, resumable unit (an existing shard means no requests);
+`generate_batch` is the plain, resumable stage function (an existing shard means no requests);
 `generate_flow` maps it over batches as cached Prefect tasks, all batches in flight together.
 """
 
@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prefect import flow, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel, Field
 
 from flows import progress
@@ -168,33 +170,7 @@ def summarize(
     return res
 
 
-def generate(
-    prompts: list[PromptRow],
-    endpoints: list[Endpoint],
-    model: str,
-    sampling: Sampling,
-    out_dir: str | Path,
-    batch_size: int = 8,
-    client_config: ClientConfig | None = None,
-) -> StageResult:
-    """Plain generate (no Prefect): every batch in flight together on the shared client."""
-    shard_dir = Path(out_dir) / "generate"
-    cfg = client_config or ClientConfig()
-    client = shared_client(endpoints, cfg)
-    before = client.counters.model_copy()
-    t0 = time.monotonic()
-    from concurrent.futures import ThreadPoolExecutor
-
-    batches = batches_of(prompts, batch_size)
-    with ThreadPoolExecutor(max_workers=max(1, min(64, len(batches)))) as pool:
-        shards = list(pool.map(lambda b: generate_batch(b, endpoints, cfg, model, sampling,
-                                                        str(shard_dir)), batches))  # fmt: skip
-    return summarize("generate", shards, str(out_dir), time.monotonic() - t0, client, before)
-
-
 # --- Prefect wrappers -------------------------------------------------------------------------
-from prefect import flow, task  # noqa: E402
-from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 
 
 @task(

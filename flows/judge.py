@@ -179,9 +179,9 @@ def judge_flow(
     t0 = time.monotonic()
     clients = {id(c): c for c in (shared_client(eps, cfg) for _, eps in judges)}.values()
     before = [(c.counters.requests, c.counters.completion_tokens) for c in clients]
-    calls = [dict(gen_shard=s, spec=spec, endpoints=eps, client_config=cfg, out_dir=out_dir,
-                  template_sha=templates_sha(spec.type, spec.reward_model))
-             for spec, eps in judges for s in gen_shards]  # fmt: skip
+    shas = [templates_sha(spec.type, spec.reward_model) for spec, _ in judges]  # once per judge
+    calls = [dict(gen_shard=s, spec=spec, endpoints=eps, client_config=cfg, out_dir=out_dir, template_sha=sha)
+             for (spec, eps), sha in zip(judges, shas) for s in gen_shards]  # fmt: skip
     with progress.bars({"batches": len(calls), "prompts": n_prompts * len(judges)}, "judge"):
         shards = (map_cached(judge_shard_task, calls, out_dir,
                              lambda path: progress.advance("prompts", len(read_json(Path(path))["prompts"])))

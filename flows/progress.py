@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tqdm import tqdm
 
+from serving.settings import progress_enabled
+
 _BARS: dict[str, tqdm] = {}
 _LOCK = threading.Lock()
-
-
-def enabled() -> bool:
-    """Bars on a terminal; RLAIF_PROGRESS=1/0 forces them on/off."""
-    forced = os.environ.get("RLAIF_PROGRESS", "").strip().lower()
-    if forced:
-        return forced in ("1", "true", "yes", "on")
-    return sys.stderr.isatty()
 
 
 @contextmanager
 def bars(totals: dict[str, int], stage: str) -> Iterator[dict[str, tqdm]]:
     """Open one bar per unit (e.g. batches, completions); tasks advance them via `advance`."""
     made = {}
-    disable = not enabled()
+    disable = not progress_enabled()
     for pos, (unit, total) in enumerate(totals.items()):
         made[unit] = tqdm(total=total, desc=f"{stage} {unit}", unit={"batches": "batch", "completions": "completion", "prompts": "prompt", "items": "item"}.get(unit, unit),
                           position=pos, leave=True, disable=disable, dynamic_ncols=True)  # fmt: skip

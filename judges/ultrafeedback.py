@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from judges.base import clip, parse_json_object, render, scan_ratings, seeded_order
-from serving.client import EndpointError, LLMClient, RequestRejected
+from serving.client import LLMClient, RequestRejected
 
 ASPECTS: dict[str, str] = {
     "instruction_following": "Instruction following",
@@ -169,6 +169,3 @@ class UltraFeedbackJudge:
             requests=len(self.aspects),
             parse_failures=failures,
         )
-
-
-__all__ = ["UltraFeedbackJudge", "AspectRating", "PromptJudgement", "EndpointError", "ASPECTS"]

@@ -46,6 +46,8 @@ class StubServer:
     def __init__(self, reply: Callable[[dict[str, Any], int], Reply]) -> None:
         self.reply = reply
         self.calls: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,8 +63,9 @@ class StubServer:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
                 req = json.loads(self.rfile.read(length) or b"{}")
-                with threading.Lock():
+                with stub.lock:
                     stub.calls.append(req)
+                    stub.headers.append(dict(self.headers))
                     n = len(stub.calls)
                 self._send(*stub.reply(req, n))
 

@@ -109,6 +109,7 @@ def test_api_key_comes_from_env_and_never_from_config(monkeypatch):
             await client.aclose()
 
         asyncio.run(go())
+        assert stub.headers[0]["Authorization"] == "Bearer sk-secret"  # sent, read from the environment
     monkeypatch.delenv("RLAIF_TEST_KEY")
     with pytest.raises(EndpointError, match="RLAIF_TEST_KEY is not set"):
         ep.api_key()

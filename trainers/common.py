@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import DataError, ModelError
 from serving.models import resolve_model
+from serving.settings import progress_enabled
 
 
 class TrainConfig(BaseModel):
@@ -36,11 +37,6 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(default=16, ge=1)
     seed: int = 0
     trust_remote_code: bool = False
-
-
-def progress_enabled() -> bool:
-    forced = os.environ.get("RLAIF_PROGRESS", "").strip().lower()
-    return forced in ("1", "true", "yes", "on") if forced else os.isatty(2)
 
 
 def use_cuda() -> bool:
@@ -151,6 +147,40 @@ def plot_curves(path: Path, method: str, history: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def load_model(
+    config: TrainConfig, model_cls: Any, padding_side: str = "right", **kwargs: Any
+) -> tuple[Any, Any]:
+    """The config's model (as `model_cls`) and its tokenizer; `trust_remote_code` only if the config says so."""
+    path = model_path(config.model)
+    tok = load_tokenizer(path, config.trust_remote_code, padding_side)
+    model = model_cls.from_pretrained(path, trust_remote_code=config.trust_remote_code, **kwargs)
+    return model, tok
+
+
+def finish(
+    folder: Path,
+    trainer: Any,
+    tok: Any,
+    config: TrainConfig,
+    method: str,
+    extra: dict[str, Any],
+    model: Any = None,
+) -> Any:
+    """Save the trained model (LoRA merged) + tokenizer, metrics.json and curves.png; returns the model."""
+    trained = model if model is not None else trainer.model
+    if config.lora and hasattr(trained, "merge_and_unload"):
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    write_metrics(folder, method, trainer.state.log_history, extra)
+    return trained
+
+
+def trained_model(trainer: Any, config: TrainConfig) -> Any:
+    """The trainer's model with LoRA adapters merged (what gets evaluated and saved)."""
+    return trainer.model.merge_and_unload() if config.lora else trainer.model
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right") -> Any:

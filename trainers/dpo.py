@@ -9,13 +9,13 @@ from pydantic import Field
 from trainers.common import (
     TrainConfig,
     device_args,
+    finish,
+    load_model,
     load_split,
-    load_tokenizer,
-    model_path,
     peft_config,
     preference_accuracy,
     staged_output,
-    write_metrics,
+    trained_model,
 )  # fmt: skip
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
@@ -35,9 +35,7 @@ def train(config: DPOTrainConfig) -> Path:
     eval_ds = load_split(config.dataset, "test_prefs", PAIR_COLUMNS, allow_empty=True).select_columns(
         PAIR_COLUMNS
     )
-    path = model_path(config.model)
-    tok = load_tokenizer(path, config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    model, tok = load_model(config, AutoModelForCausalLM)
     probe = eval_ds if len(eval_ds) else train_ds
     before = preference_accuracy(model, tok, probe, config.max_length)
     with staged_output(config.output) as tmp:
@@ -48,11 +46,9 @@ def train(config: DPOTrainConfig) -> Path:
                              peft_config=peft_config(config))  # fmt: skip
         trainer.train()
         eval_metrics = trainer.evaluate() if len(eval_ds) else {}
-        trained = trainer.model.merge_and_unload() if config.lora else trainer.model
+        trained = trained_model(trainer, config)
         after = preference_accuracy(trained, tok, probe, config.max_length)
-        trained.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_metrics(tmp, "dpo", trainer.state.log_history, {
+        finish(tmp, trainer, tok, config, "dpo", model=trained, extra={
             "train_pairs": len(train_ds), "eval_pairs": len(eval_ds), "beta": config.beta,
             "preference_accuracy_before": before, "preference_accuracy_after": after,
             "eval_rewards_accuracy": eval_metrics.get("eval_rewards/accuracies"),

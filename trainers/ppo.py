@@ -13,11 +13,11 @@ from serving.reward_scoring import read_normalization
 from trainers.common import (
     TrainConfig,
     device_args,
+    finish,
+    load_model,
     load_split,
-    load_tokenizer,
     model_path,
     staged_output,
-    write_metrics,
 )
 
 
@@ -56,8 +56,10 @@ def train(config: PPOTrainConfig) -> Path:
     if not (rm_path / "config.json").exists():
         raise ModelError(f"{rm_path}: not a reward model folder (no config.json)")
     prompts = load_split(config.dataset, "train_prefs", ["prompt"]).select_columns(["prompt"])
-    path = model_path(config.model)
-    tok = load_tokenizer(path, config.trust_remote_code, padding_side="left")
+    policy, tok = load_model(config, AutoModelForCausalLM, padding_side="left")
+    ref = AutoModelForCausalLM.from_pretrained(
+        model_path(config.model), trust_remote_code=config.trust_remote_code
+    )
 
     def encode(row: dict) -> dict:
         ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
@@ -65,8 +67,6 @@ def train(config: PPOTrainConfig) -> Path:
         return {"input_ids": ids[-config.max_length :]}
 
     train_ds = prompts.map(encode, remove_columns=["prompt"])
-    policy = AutoModelForCausalLM.from_pretrained(path)
-    ref = AutoModelForCausalLM.from_pretrained(path)
     reward = AutoModelForSequenceClassification.from_pretrained(str(rm_path), num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(str(rm_path), num_labels=1)
     for m in (reward, value):
@@ -84,11 +84,9 @@ def train(config: PPOTrainConfig) -> Path:
         trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                              train_dataset=train_ds, value_model=value)  # fmt: skip
         trainer.train()
-        trainer.policy_model.save_pretrained(tmp)
         tok.padding_side = "right"
-        tok.save_pretrained(tmp)
         hist = trainer.state.log_history
-        write_metrics(tmp, "ppo", hist, {
+        finish(tmp, trainer, tok, config, "ppo", model=trainer.policy_model, extra={
             "prompts": len(train_ds), "kl_coef": config.kl_coef, "reward_model": str(rm_path),
             "reward_curve": [e.get("objective/rlhf_reward") for e in hist if "objective/rlhf_reward" in e],
             "kl_curve": [e.get("objective/kl") for e in hist if "objective/kl" in e],

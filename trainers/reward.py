@@ -13,12 +13,12 @@ from serving.reward_scoring import NORMALIZATION_FILE, conversation_text, raw_sc
 from trainers.common import (
     TrainConfig,
     device_args,
+    finish,
+    load_model,
     load_split,
-    load_tokenizer,
-    model_path,
     peft_config,
     staged_output,
-    write_metrics,
+    trained_model,
 )  # fmt: skip
 
 
@@ -44,10 +44,7 @@ def train(config: RewardTrainConfig) -> Path:
     cols = ["prompt", "chosen", "rejected"] + (["margin"] if config.use_margin else [])
     train_ds = load_split(config.dataset, "train_prefs", cols).select_columns(cols)
     test_ds = load_split(config.dataset, "test_prefs", cols, allow_empty=True).select_columns(cols)
-    path = model_path(config.model)
-    tok = load_tokenizer(path, config.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
-                                                               trust_remote_code=config.trust_remote_code)  # fmt: skip
+    model, tok = load_model(config, AutoModelForSequenceClassification, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     from trl import RewardConfig, RewardTrainer
 
@@ -56,7 +53,7 @@ def train(config: RewardTrainConfig) -> Path:
         trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                                 peft_config=peft_config(config, "SEQ_CLS"))  # fmt: skip
         trainer.train()
-        trained = trainer.model.merge_and_unload() if config.lora else trainer.model
+        trained = trained_model(trainer, config)
         texts = [
             conversation_text(tok, r["prompt"], r[k][0]["content"])
             for r in train_ds
@@ -67,10 +64,8 @@ def train(config: RewardTrainConfig) -> Path:
         std = statistics.pstdev(scores) or 1.0
         test_acc = pair_accuracy(trained, tok, test_ds, config.max_length)
         train_acc = pair_accuracy(trained, tok, train_ds, config.max_length)
-        trained.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
         (tmp / NORMALIZATION_FILE).write_text(json.dumps({"mean": mean, "std": std, "n": len(scores)}))
-        write_metrics(tmp, "reward", trainer.state.log_history, {
+        finish(tmp, trainer, tok, config, "reward", model=trained, extra={
             "train_pairs": len(train_ds), "test_pairs": len(test_ds), "test_accuracy": test_acc,
             "train_accuracy": train_acc, "normalization": {"mean": mean, "std": std}, "use_margin": config.use_margin,
         })  # fmt: skip

@@ -7,13 +7,12 @@ from pathlib import Path
 from trainers.common import (
     TrainConfig,
     device_args,
+    finish,
+    load_model,
     load_split,
-    load_tokenizer,
-    model_path,
     peft_config,
     staged_output,
-    write_metrics,
-)  # fmt: skip
+)
 
 
 class SFTTrainConfig(TrainConfig):
@@ -26,16 +25,11 @@ def train(config: SFTTrainConfig) -> Path:
     from trl import SFTConfig, SFTTrainer
 
     ds = load_split(config.dataset, "train_sft", ["messages"]).select_columns(["messages"])
-    path = model_path(config.model)
-    tok = load_tokenizer(path, config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    model, tok = load_model(config, AutoModelForCausalLM)
     with staged_output(config.output) as tmp:
         args = SFTConfig(output_dir=str(tmp), max_length=config.max_length, **device_args(config))
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                              peft_config=peft_config(config))  # fmt: skip
         trainer.train()
-        trained = trainer.model.merge_and_unload() if config.lora else trainer.model
-        trained.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_metrics(tmp, "sft", trainer.state.log_history, {"train_rows": len(ds)})
+        finish(tmp, trainer, tok, config, "sft", {"train_rows": len(ds)})
     return Path(config.output)
