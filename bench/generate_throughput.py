@@ -12,8 +12,8 @@ import tempfile
 import time
 
 from common import bench_prompts, warm_prefect
-
 from flows.generate import generate_flow, sample_seed
+
 from flows.recipe import Sampling
 from serving.client import ClientConfig, Endpoint, LLMClient
 from serving.vllm import VllmServer

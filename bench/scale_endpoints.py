@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from common import bench_prompts, warm_prefect
-
 from flows.generate import generate_flow
+
 from flows.recipe import Sampling
 from serving.client import ClientConfig, Endpoint
 from serving.vllm import VllmServer

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from common import bench_prompts
+from flows.build import write_outputs
 
 from flows.binarize import PairRow
-from flows.build import write_outputs
 from trainers import dpo, reward
 
 

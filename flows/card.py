@@ -28,9 +28,8 @@ def _yaml_header() -> str:
     return "\n".join(lines)
 
 
-def plot_report(out_dir: Path) -> list[str]:
-    """Score and margin histograms and chosen/rejected lengths; returns the PNG paths."""
-    import datasets
+def plot_report(out_dir: Path, data: Any = None) -> list[str]:
+    """Score and margin histograms and chosen/rejected lengths (from `build`'s PlotData)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,19 +37,16 @@ def plot_report(out_dir: Path) -> list[str]:
 
     report = out_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
-    made = []
-    uf = datasets.load_from_disk(str(out_dir / "ultrafeedback"))
-    scores = [c["fine_grained_score"] for r in uf if "completions" in r for c in r["completions"]
-              if c.get("fine_grained_score") is not None]  # fmt: skip
-    pairs = datasets.load_from_disk(str(out_dir / "binarized"))["train_prefs"]
+    scores = list(data.scores) if data is not None else []
+    margins = list(data.margins) if data is not None else []
+    lengths = list(data.lengths) if data is not None else []
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].hist(scores, bins=17, range=(1, 5), color="#4477aa")
     axes[0].set(title="fine-grained score per completion", xlabel="score", ylabel="completions")
-    axes[1].hist(list(pairs["margin"]) if len(pairs) else [], bins=16, color="#cc6677")
+    axes[1].hist(margins, bins=16, color="#cc6677")
     axes[1].set(title="margin per pair (train_prefs)", xlabel="score_chosen - score_rejected")
-    if len(pairs):
-        lc = [len(m[0]["content"]) for m in pairs["chosen"]]
-        lr = [len(m[0]["content"]) for m in pairs["rejected"]]
+    if lengths:
+        lc, lr = [c for c, _ in lengths], [r for _, r in lengths]
         axes[2].scatter(lr, lc, s=10, alpha=0.6)
         top = max(lc + lr + [1])
         axes[2].plot([0, top], [0, top], "k--", linewidth=0.8)
@@ -59,8 +55,7 @@ def plot_report(out_dir: Path) -> list[str]:
     path = report / "scores.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    made.append(str(path))
-    return made
+    return [str(path)]
 
 
 def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | None = None) -> Path:

@@ -83,8 +83,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from flows.pipeline import run_generate
 
     recipe, out = load_with_overrides(args)
-    res = run_generate(recipe, out, recipe_dir=Path(args.recipe).parent)
-    rate = f"{res.tokens_per_s():.1f} tokens/s" if res.requests else "all from cache, 0 requests"
+    summary = run_generate(recipe, out, recipe_dir=Path(args.recipe).parent)
+    res = summary.stages["generate"]
+    rate = f"{res.tokens_per_s():.1f} tokens/s" if res.requests else "all from the journal, 0 requests"
     print(f"generate: {res.prompts} prompts, {res.rows} completions, {res.completion_tokens} tokens, {rate}, "
           f"skipped {res.skipped or 0} -> {out}")  # fmt: skip
 

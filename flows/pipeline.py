@@ -1,6 +1,7 @@
-"""The pipeline: generate -> judge -> critique -> build -> train, as one Prefect flow.
+"""The pipeline: prompts -> shards (generate, judge, critique streamed per prompt) -> build -> train.
 
-Inputs are validated (recipe, prompts, constitution, output folder) before any model call.
+Everything is validated (recipe, prompts, constitution, output folder, endpoints) before any model call;
+the Prefect flow gets paths, hashes and small configs, never rows.
 """
 
 from __future__ import annotations
@@ -12,63 +13,45 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.build import BuildResult, build
 from flows.card import plot_report, write_card
+from flows.dataset.build import BuildResult, ShardFiles, build, provenance, sum_tallies
 from flows.endpoints import live_endpoints
-from flows.generate import StageResult, generate_flow
-from flows.judge import judge_flow
-from flows.prompts import PromptSet, load_prompts
+from flows.engine.manifest import Manifest, write_manifest
+from flows.engine.plan import make_plan
+from flows.engine.run import EngineResult, RunSpec, dask_share, peak_rss_mb, run_shards, task_runner
+from flows.prompts import iter_prompts, resolve_path
 from flows.recipe import Recipe
-from flows.runner import task_runner
 from flows.shards import check_writable, write_json
-from serving.client import Endpoint, total_counters
+from serving.client import total_counters
 
 
-def load_recipe_prompts(recipe: Recipe, recipe_dir: Path | None = None) -> PromptSet:
-    src = recipe.prompts
-    return load_prompts(src.path, src.column, src.id_column, src.split, src.limit,
-                        src.max_prompt_chars, base=recipe_dir)  # fmt: skip
+class StageResult(BaseModel):
+    """One stage's figures in the summary (stages overlap: `wall_s` is the engine's span)."""
 
+    stage: str
+    rows: int = 0
+    prompts: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0  # sent in this run (0 when everything came from the journal/cache)
+    replayed: int = 0  # answered from the journal
+    new_completion_tokens: int = 0
+    wall_s: float = 0.0
 
-def load_recipe_constitution(recipe: Recipe, recipe_dir: Path | None = None) -> Any:
-    if recipe.critique is None:
-        return None
-    from flows.prompts import resolve_path
-    from judges.constitution import load_constitution
-
-    return load_constitution(resolve_path(recipe.critique.constitution, recipe_dir))
-
-
-def _flow_for(recipe: Recipe, fn):  # noqa: ANN001, ANN202
-    workers = max(4, min(64, recipe.policy.max_concurrency * 2 // max(1, recipe.batch_size) + 4))
-    return fn.with_options(task_runner=task_runner(recipe.task_runner, recipe.dask_address, workers))
-
-
-def run_generate(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> StageResult:
-    """`rlaif generate`: validate, start/reuse the policy server, run the generate flow."""
-    check_writable(out)
-    prompts = load_recipe_prompts(recipe, recipe_dir)
-    with live_endpoints(recipe.policy) as (endpoints,):
-        t0 = time.monotonic()
-        res = _flow_for(recipe, generate_flow)(
-            prompts=prompts.rows, endpoints=endpoints, model=recipe.policy.display_name(),
-            sampling=recipe.sampling, out_dir=str(out), batch_size=recipe.batch_size,
-            client_config=recipe.client,
-        )  # fmt: skip
-        res.wall_s = time.monotonic() - t0
-    for k, v in prompts.skipped.items():
-        res.skipped[k] = res.skipped.get(k, 0) + v
-    return res
+    def tokens_per_s(self) -> float:
+        return self.new_completion_tokens / self.wall_s if self.wall_s else 0.0
 
 
 class RunSummary(BaseModel):
-    """What a run did, per stage; written to OUT/summary.json and published as Prefect artifacts."""
+    """What a run did; written to OUT/summary.json and published as Prefect artifacts."""
 
     name: str
     out_dir: str
     stages: dict[str, StageResult] = Field(default_factory=dict)
     build: BuildResult | None = None
     train: dict[str, Any] | None = None
+    engine: dict[str, Any] = Field(default_factory=dict)
     wall_s: float = 0.0
     client: dict[str, Any] = Field(default_factory=dict)
 
@@ -82,28 +65,42 @@ class RunSummary(BaseModel):
                 f"in {self.wall_s:.0f}s -> {self.out_dir}")  # fmt: skip
 
 
-def stage_table(summary: RunSummary) -> list[dict[str, Any]]:
-    out = []
-    for name, st in summary.stages.items():
-        out.append({"stage": name, "rows": st.rows, "requests": st.requests,
-                    "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                    "wall_s": round(st.wall_s, 1),
-                    "new_completion_tokens": st.new_completion_tokens, "tokens_per_s": round(st.tokens_per_s(), 1),
-                    "skipped": st.skipped})  # fmt: skip
-    return out
+def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> Manifest:
+    """Normalise the prompt set into Parquet shards under OUT/prompts (streamed)."""
+    src = recipe.prompts
+    skipped: dict[str, int] = {}
+    rows = iter_prompts(src.path, src.column, src.id_column, src.split, src.limit, src.max_prompt_chars,
+                        base=recipe_dir, skipped=skipped)  # fmt: skip
+    return write_manifest(rows, skipped, out, recipe.shard_size, str(resolve_path(src.path, recipe_dir)))
+
+
+def constitution_ref(recipe: Recipe, recipe_dir: Path | None) -> tuple[Any, str | None]:
+    if recipe.critique is None:
+        return None, None
+    from judges.constitution import load_constitution
+
+    path = resolve_path(recipe.critique.constitution, recipe_dir)
+    return load_constitution(path), str(path.resolve())
 
 
 def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> RunSummary:
     """`rlaif run`: validate everything, then the pipeline flow with servers started/reused."""
     check_writable(out)
-    prompts = load_recipe_prompts(recipe, recipe_dir)
-    constitution = load_recipe_constitution(recipe, recipe_dir)
+    constitution, cpath = constitution_ref(recipe, recipe_dir)
+    manifest = prepare_prompts(recipe, out, recipe_dir)
     judge_specs = [recipe.judge_endpoint(j.judge) for j in recipe.judges]
     crit_spec = [recipe.judge_endpoint(recipe.critique.judge)] if recipe.critique else []
     with live_endpoints(recipe.policy, *judge_specs, *crit_spec) as eps:
-        summary = _flow_for(recipe, pipeline_stages)(
-            recipe=recipe, prompts=prompts, out=str(out), endpoints=eps, constitution=constitution
-        )
+        spec = RunSpec(
+            manifest_path=manifest.path, manifest_sha256=manifest.sha256,
+            plan=make_plan(recipe, out, eps, cpath, constitution.sha256 if constitution else None),
+            principles=len(constitution.principles) if constitution else 1, task_runner=recipe.task_runner,
+            dask_address=recipe.dask_address, dask_workers=recipe.dask_workers,
+            shards_in_flight=recipe.shards_in_flight,
+        )  # fmt: skip
+        spec.plan.concurrency_share = dask_share(spec)
+        flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
+        summary = flow_fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution)
     if recipe.train is not None:
         from flows.train import train_after_build
 
@@ -112,54 +109,103 @@ def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> R
     return summary
 
 
+def stage_results(eng: EngineResult) -> dict[str, StageResult]:
+    out: dict[str, StageResult] = {}
+    for s in eng.shards:
+        for name, st in s.stages.items():
+            stage = "judge" if name.startswith("judge:") else name
+            r = out.setdefault(stage, StageResult(stage=stage, wall_s=eng.wall_s))
+            r.prompt_tokens += st["prompt_tokens"]
+            r.completion_tokens += st["completion_tokens"]
+            r.replayed += st["replayed"] if not s.cached else st["sent"] + st["replayed"]
+            if not s.cached:
+                r.requests += st["sent"]
+                r.new_completion_tokens += st["new_completion_tokens"]
+    gen = out.setdefault("generate", StageResult(stage="generate", wall_s=eng.wall_s))
+    gen.prompts = sum(s.prompts for s in eng.shards)
+    gen.rows = sum(s.completions for s in eng.shards)
+    gen.skipped = dict(eng.skipped)
+    if "judge" in out:
+        out["judge"].rows = gen.prompts
+        pf = sum(int(t.get("parse_failures", 0)) for s in eng.shards for t in s.judges.values())
+        if pf:
+            out["judge"].skipped["parse_failures"] = pf
+    if "critique" in out:
+        crit = sum_tallies(s.critique for s in eng.shards)
+        out["critique"].rows = int(crit.get("rows", 0))
+        out["critique"].skipped = {k: int(v) for k, v in crit.get("skipped", {}).items()}
+    return out
+
+
 @flow(name="rlaif-run")
-def pipeline_stages(
-    recipe: Recipe, prompts: PromptSet, out: str, endpoints: list[list[Endpoint]],
-    constitution: Any = None,
-) -> RunSummary:  # fmt: skip
-    """generate -> judge -> critique -> build, each a sub-flow of cached tasks."""
+def pipeline_stages(recipe: Recipe, spec: RunSpec, out: str, constitution: Any = None) -> RunSummary:
+    """shards (generate -> judges + critique, streamed) -> build -> card, summary, artifacts."""
     t0 = time.monotonic()
     counters_before = total_counters()
     out_dir = Path(out)
-    policy_eps, judge_eps = endpoints[0], endpoints[1 : 1 + len(recipe.judges)]
-    summary = RunSummary(name=recipe.name, out_dir=out)
-    gen = generate_flow(prompts=prompts.rows, endpoints=policy_eps,
-                        model=recipe.policy.display_name(), sampling=recipe.sampling, out_dir=out,
-                        batch_size=recipe.batch_size, client_config=recipe.client)  # fmt: skip
-    for k, v in prompts.skipped.items():
-        gen.skipped[k] = gen.skipped.get(k, 0) + v
-    summary.stages["generate"] = gen
-    judge_shards: dict[str, list[str]] = {}
-    if recipe.judges:
-        jr = judge_flow(gen_shards=gen.shards, judges=list(zip(recipe.judges, judge_eps)),
-                        out_dir=out, client_config=recipe.client, n_prompts=gen.prompts)  # fmt: skip
-        summary.stages["judge"] = jr
-        for spec in recipe.judges:
-            judge_shards[spec.key] = [s for s in jr.shards if Path(s).parent.name == spec.key]
-    critiques, cpairs, cinfo = None, None, None
-    if recipe.critique is not None and constitution is not None:
-        from flows.critique import critique_flow
-
-        cres = critique_flow(gen_shards=gen.shards, spec=recipe.critique, constitution=constitution,
-                             endpoints=endpoints[-1], out_dir=out, client_config=recipe.client)  # fmt: skip
-        summary.stages["critique"] = cres.stage
-        critiques, cpairs, cinfo = cres.critiques(), cres.pairs(), cres.card_info(recipe.critique)
+    eng = run_shards(spec)
+    summary = RunSummary(name=recipe.name, out_dir=out, stages=stage_results(eng))
+    tallies = sum_tallies({k: v for k, v in s.judges.items()} for s in eng.shards)
+    for j in spec.plan.judges:
+        tallies.setdefault(j.spec.key, {"type": j.spec.type})
+        tallies[j.spec.key]["model"] = (
+            j.spec.reward_model if j.spec.type == "reward_model" else j.endpoints[0].model
+        )
+    types = {j.spec.key: j.spec.type for j in spec.plan.judges}
     t_build = time.monotonic()
-    built = build(out_dir, gen.shards, judge_shards, recipe.binarize, recipe, critiques, cpairs,
-                  constitution.provenance() if constitution is not None else None)  # fmt: skip
-    summary.stages["build"] = StageResult(stage="build", rows=sum(built.pairs.values()),
-                                          wall_s=time.monotonic() - t_build, out_dir=out)  # fmt: skip
+    prov = provenance(recipe, tallies, constitution.sha256 if constitution else None)
+    files = [
+        ShardFiles(rows_path=s.rows_path, cpairs_path=s.cpairs_path, fingerprint=s.fingerprint)
+        for s in eng.shards
+    ]
+    built, plot = build(
+        out_dir, files, recipe.binarize, types, spec.plan.uf_features().arrow_schema, prov, tallies
+    )
+    summary.stages["build"] = StageResult(
+        stage="build", rows=sum(built.pairs.values()), wall_s=time.monotonic() - t_build
+    )
     summary.build = built
-    plot_report(out_dir)
-    write_card(out_dir, built, recipe, {"skipped": gen.skipped, "constitution": cinfo})
+    if plot is not None or not (out_dir / "report" / "scores.png").exists():
+        plot_report(out_dir, plot)
+    crit = sum_tallies(s.critique for s in eng.shards)
+    cinfo = None
+    if constitution is not None and recipe.critique is not None:
+        cinfo = {
+            **constitution.provenance(),
+            "mode": recipe.critique.mode,
+            "per_principle": crit.get("per_principle", {}),
+        }
+        if crit.get("labels"):
+            cinfo["label"] = (f"{crit['labels']} labelled pairs, hard-label position consistency "
+                              f"{crit['labels_consistent'] / crit['labels']:.2f}, {crit.get('labels_soft', 0)} soft labels from logprobs")  # fmt: skip
+    write_card(out_dir, built, recipe, {"skipped": eng.skipped, "constitution": cinfo})
     summary.wall_s = time.monotonic() - t0
     after = total_counters()
     summary.client = {
         k: getattr(after, k) - getattr(counters_before, k) for k in ("requests", "failures", "retries")
     }
+    sent = eng.requests_sent()
+    summary.engine = {"shards": len(eng.shards), "task_runs": eng.task_runs, "requests": sent,
+                      "requests_per_s": round(sent / eng.wall_s, 1) if eng.wall_s else 0.0,
+                      "engine_s": round(eng.wall_s, 2), "first_judged_s": eng.first_judged_s(),
+                      "peak_rss_mb": round(peak_rss_mb(), 1), "task_runner": spec.task_runner}  # fmt: skip
     write_json(out_dir / "summary.json", summary.model_dump())
     publish_artifacts(summary)
     return summary
+
+
+def run_generate(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> RunSummary:
+    """`rlaif generate`: the pipeline with no judges, critique or training (completions only)."""
+    gen_only = recipe.model_copy(update={"judges": [], "critique": None, "train": None})
+    return run_pipeline(gen_only, out, recipe_dir)
+
+
+def stage_table(summary: RunSummary) -> list[dict[str, Any]]:
+    return [{"stage": name, "rows": st.rows, "requests": st.requests, "replayed": st.replayed,
+             "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+             "wall_s": round(st.wall_s, 1), "new_completion_tokens": st.new_completion_tokens,
+             "tokens_per_s": round(st.tokens_per_s(), 1), "skipped": st.skipped}
+            for name, st in summary.stages.items()]  # fmt: skip
 
 
 def publish_artifacts(summary: RunSummary) -> None:

@@ -6,6 +6,7 @@ Empty, over-long and duplicate prompts are skipped and counted, never a crash.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def _to_text(value: Any, column: str) -> tuple[str, list[dict[str, str]]]:
     raise DataError(f"column {column!r} holds {type(value).__name__}, expected text or messages")
 
 
-def load_prompts(
+def iter_prompts(
     path: str,
     column: str = "prompt",
     id_column: str | None = None,
@@ -90,8 +91,10 @@ def load_prompts(
     limit: int | None = None,
     max_prompt_chars: int = 8000,
     base: Path | None = None,
-) -> PromptSet:
-    """Load, normalise and filter prompts. Raises DataError naming the file/column on bad input."""
+    skipped: dict[str, int] | None = None,
+) -> Iterator[PromptRow]:
+    """Stream normalised prompts (bounded memory); empty/too long/duplicate ones are counted in
+    `skipped`. Raises DataError naming the file/column on bad input (before the first row)."""
     p = resolve_path(path, base)
     if not p.exists():
         if path.count("/") == 1 and not Path(path).suffix:
@@ -102,24 +105,46 @@ def load_prompts(
         raise DataError(f"{p}: no column {column!r} (columns: {ds.column_names}); set prompts.column")
     if id_column and id_column not in ds.column_names:
         raise DataError(f"{p}: no id column {id_column!r} (columns: {ds.column_names})")
-    skipped: dict[str, int] = {}
-    rows: list[PromptRow] = []
+    return _rows(ds, p, column, id_column, limit, max_prompt_chars, {} if skipped is None else skipped)
+
+
+def _rows(ds: Any, p: Path, column: str, id_column: str | None, limit: int | None, max_chars: int,
+          skipped: dict[str, int]) -> Iterator[PromptRow]:  # fmt: skip
     seen: set[str] = set()
-    for rec in ds:
-        if limit is not None and len(rows) >= limit:
-            break
-        text, messages = _to_text(rec[column], column)
-        if not text:
-            skipped["empty"] = skipped.get("empty", 0) + 1
-            continue
-        if sum(len(m["content"]) for m in messages) > max_prompt_chars:
-            skipped["too_long"] = skipped.get("too_long", 0) + 1
-            continue
-        pid = str(rec[id_column]) if id_column else prompt_id_for(text)
-        if pid in seen:
-            skipped["duplicate"] = skipped.get("duplicate", 0) + 1
-            continue
-        seen.add(pid)
-        source = rec.get("source") or rec.get("category") or p.name
-        rows.append(PromptRow(prompt_id=pid, prompt=text, messages=messages, source=str(source)))
-    return PromptSet(rows=rows, skipped=skipped, path=str(p))
+    wanted = [c for c in {column, id_column, "source", "category"} if c and c in ds.column_names]
+    n = 0
+    for batch in ds.select_columns(wanted).iter(batch_size=1024):
+        for k in range(len(batch[column])):
+            if limit is not None and n >= limit:
+                return
+            text, messages = _to_text(batch[column][k], column)
+            if not text:
+                skipped["empty"] = skipped.get("empty", 0) + 1
+                continue
+            if sum(len(m["content"]) for m in messages) > max_chars:
+                skipped["too_long"] = skipped.get("too_long", 0) + 1
+                continue
+            pid = str(batch[id_column][k]) if id_column else prompt_id_for(text)
+            if pid in seen:
+                skipped["duplicate"] = skipped.get("duplicate", 0) + 1
+                continue
+            seen.add(pid)
+            source = (batch["source"][k] if "source" in batch else None) or (
+                batch["category"][k] if "category" in batch else None) or p.name  # fmt: skip
+            n += 1
+            yield PromptRow(prompt_id=pid, prompt=text, messages=messages, source=str(source))
+
+
+def load_prompts(
+    path: str,
+    column: str = "prompt",
+    id_column: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    max_prompt_chars: int = 8000,
+    base: Path | None = None,
+) -> PromptSet:
+    """Load, normalise and filter prompts into memory (small sets: eval, benches)."""
+    skipped: dict[str, int] = {}
+    rows = list(iter_prompts(path, column, id_column, split, limit, max_prompt_chars, base, skipped))
+    return PromptSet(rows=rows, skipped=skipped, path=str(resolve_path(path, base)))

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from serving.client import ClientConfig, Endpoint
 from serving.config_files import describe_error, load_model
@@ -136,15 +144,27 @@ class TrainSpec(_Strict):
 
 
 class Recipe(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     name: str = "run"
     prompts: PromptSource = Field(default_factory=PromptSource)
     policy: ServedModel = Field(default_factory=ServedModel)
     sampling: Sampling = Field(default_factory=Sampling)
-    batch_size: int = Field(default=8, ge=1, description="prompts per task (and per shard)")
+    shard_size: int = Field(
+        default=256,
+        ge=1,
+        validation_alias=AliasChoices("shard_size", "batch_size"),
+        description="prompts per shard: one Prefect task and one journal each",
+    )
+    shards_in_flight: int = Field(default=2, ge=1, description="shards processed at once (per process)")
+    prompts_in_flight: int | None = Field(
+        default=None, ge=1, description="per shard; default from concurrency"
+    )
     output: str = Field(default="runs/{name}", description="run folder; {name} and {date} expand")
     client: ClientConfig = Field(default_factory=ClientConfig)
     task_runner: Literal["threads", "dask"] = "threads"
-    dask_address: str | None = Field(default=None, description="scheduler address; else local")
+    dask_address: str | None = Field(default=None, description="scheduler address; else a local cluster")
+    dask_workers: int = Field(default=2, ge=1, description="worker processes of the local Dask cluster")
     judges: list[JudgeSpec] = Field(default_factory=list)
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     critique: CritiqueSpec | None = None

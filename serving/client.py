@@ -3,25 +3,51 @@
 Bounded concurrency per endpoint, retries with exponential backoff + jitter on 429/5xx/timeouts/
 connection errors (honouring `Retry-After`), requests spread over endpoints (a failing endpoint is
 rested for a while), and counters a caller can read. Secrets come only from environment variables.
+
+The transport is aiohttp: against a fast server it costs ~10x less CPU per request than httpx (and
+than `openai.AsyncOpenAI`, which is built on httpx), measured by `bench/client_speed.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from pydantic import BaseModel, ConfigDict, Field
+from yarl import URL
 
 from serving.errors import EndpointError
 
+try:  # orjson comes with vLLM; the standard library is the fallback
+    from orjson import OPT_NON_STR_KEYS
+    from orjson import dumps as _orjson_dumps
+    from orjson import loads as _loads
+
+    def _dumps(obj: Any) -> bytes:
+        return _orjson_dumps(obj, option=OPT_NON_STR_KEYS)  # e.g. logit_bias {token_id: bias}
+
+except ImportError:  # pragma: no cover
+    import json
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+    _loads = json.loads
+
 T = TypeVar("T")
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# What a dropped connection, a refused connect or a timeout raises (retried like a 5xx).
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class Endpoint(BaseModel):
@@ -92,14 +118,21 @@ class RequestRejected(EndpointError):
 class _EndpointState:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.sem = asyncio.Semaphore(endpoint.max_concurrency)
+        self.url = f"{endpoint.base_url.rstrip('/')}/chat/completions"  # for messages: as configured
         self.in_flight = 0
         self.consecutive_failures = 0
         self.rested_until = 0.0
+        self.target: URL | None = None  # parsed URL, proxy (HTTP(S)_PROXY/NO_PROXY): set by _session
+        self.proxy: URL | None = None
+        self.proxy_auth: aiohttp.BasicAuth | None = None
 
 
 class LLMClient:
-    """Chat completions over several endpoints. Create it inside the event loop that uses it."""
+    """Chat completions over several endpoints. Create it inside the event loop that uses it.
+
+    A request takes a slot when one is free, on the least-loaded endpoint that is not resting;
+    callers beyond the total concurrency wait in arrival order.
+    """
 
     def __init__(self, endpoints: list[Endpoint], config: ClientConfig | None = None) -> None:
         if not endpoints:
@@ -109,18 +142,77 @@ class LLMClient:
         self.counters = Counters()
         self._busy = 0
         self._busy_since = 0.0
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=sum(e.max_concurrency for e in endpoints) + 8),
-        )
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._limit = sum(e.max_concurrency for e in endpoints) + 8
+        self._http: aiohttp.ClientSession | None = None  # created in the running loop, on first use
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            for state in self.states:
+                state.target = URL(state.url)
+                try:  # resolved once per endpoint, not per request (aiohttp's trust_env would)
+                    state.proxy, state.proxy_auth = get_env_proxy_for_url(state.target)
+                except (LookupError, ValueError):
+                    state.proxy, state.proxy_auth = None, None
+            self._http = aiohttp.ClientSession(
+                # idle connections close before uvicorn's (vLLM's) 5 s keep-alive ends: no stale reuse
+                connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=4.0),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s, sock_connect=10.0),
+            )
+        return self._http
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
-    def _pick(self) -> _EndpointState:
+    def _pick(self) -> _EndpointState | None:
+        """The least-loaded endpoint with a free slot, not resting (all rest: any); None if full."""
         now = time.monotonic()
         healthy = [s for s in self.states if s.rested_until <= now] or self.states
-        return min(healthy, key=lambda s: s.in_flight / s.endpoint.max_concurrency)
+        best, best_load = None, 1.0
+        for s in healthy:
+            load = s.in_flight / s.endpoint.max_concurrency
+            if load < best_load:
+                best, best_load = s, load
+        return best
+
+    async def _acquire(self) -> _EndpointState:
+        if not self._waiters:
+            state = self._pick()
+            if state is not None:
+                state.in_flight += 1
+                return state
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        try:
+            while True:
+                await fut
+                state = self._pick()
+                if state is not None:
+                    self._waiters.remove(fut)
+                    state.in_flight += 1
+                    self._wake()  # more than one slot may have come free
+                    return state
+                fresh: asyncio.Future[None] = loop.create_future()  # keep our place in the queue
+                self._waiters[self._waiters.index(fut)] = fresh
+                fut = fresh
+        except BaseException:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+            self._wake()  # a wake-up meant for us goes to the next caller
+            raise
+
+    def _release(self, state: _EndpointState) -> None:
+        state.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        for fut in self._waiters:
+            if not fut.done():
+                if self._pick() is not None:
+                    fut.set_result(None)
+                return
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -168,52 +260,54 @@ class LLMClient:
         if extra_body:
             body.update(extra_body)
         last_error = ""
+        counters = self.counters
         self._busy_enter()
         try:
             for attempt in range(self.config.max_retries + 1):
-                state = self._pick()
-                ep = state.endpoint
-                url = f"{ep.base_url.rstrip('/')}/chat/completions"
-                headers = {"Content-Type": "application/json"}
-                key = ep.api_key()
-                if key:
-                    headers["Authorization"] = f"Bearer {key}"
-                retry_after = None
-                async with state.sem:
-                    state.in_flight += 1
-                    self.counters.requests += 1
+                session = self._session()
+                state = await self._acquire()
+                try:
+                    ep, url = state.endpoint, state.url
+                    key = ep.api_key()
+                    headers = {**_JSON_HEADERS, "Authorization": f"Bearer {key}"} if key else _JSON_HEADERS
+                    status, retry_after, data = 0, None, b""
+                    counters.requests += 1
                     try:
-                        resp = await self._http.post(url, json={**body, "model": ep.model},
-                                                     headers=headers)  # fmt: skip
-                    except (httpx.TimeoutException, httpx.TransportError) as exc:
+                        async with session.post(
+                            state.target, data=_dumps({**body, "model": ep.model}), headers=headers,
+                            proxy=state.proxy, proxy_auth=state.proxy_auth,
+                        ) as resp:  # fmt: skip
+                            data = await resp.read()
+                            status = resp.status
+                            if status != 200:
+                                retry_after = resp.headers.get("Retry-After")
+                    except TRANSPORT_ERRORS as exc:
                         last_error = f"{type(exc).__name__} from {url}"
-                        resp = None
-                    finally:
-                        state.in_flight -= 1
-                if resp is not None and resp.status_code == 200:
-                    try:
-                        result = self._parse(resp.json(), ep.base_url)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        last_error = f"unparseable response from {url}: {exc}"
-                    else:
+                    if status == 200:
+                        try:
+                            result = self._parse(_loads(data), ep.base_url)
+                        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                            last_error = f"unparseable response from {url}: {exc}"
+                        else:
+                            state.consecutive_failures = 0
+                            counters.prompt_tokens += result.prompt_tokens
+                            counters.completion_tokens += result.completion_tokens
+                            return result
+                    elif status:
+                        detail = data.decode("utf-8", "replace")[:300].replace("\n", " ")
+                        last_error = f"HTTP {status} from {url}: {detail}"
+                        if status not in RETRYABLE_STATUS:
+                            counters.failures += 1
+                            raise RequestRejected(last_error, status)
+                    counters.failures += 1
+                    state.consecutive_failures += 1
+                    if state.consecutive_failures >= self.config.rest_after_failures and len(self.states) > 1:
+                        state.rested_until = time.monotonic() + self.config.rest_s
                         state.consecutive_failures = 0
-                        self.counters.prompt_tokens += result.prompt_tokens
-                        self.counters.completion_tokens += result.completion_tokens
-                        return result
-                elif resp is not None:
-                    retry_after = resp.headers.get("retry-after")
-                    detail = resp.text[:300].replace("\n", " ")
-                    last_error = f"HTTP {resp.status_code} from {url}: {detail}"
-                    if resp.status_code not in RETRYABLE_STATUS:
-                        self.counters.failures += 1
-                        raise RequestRejected(last_error, resp.status_code)
-                self.counters.failures += 1
-                state.consecutive_failures += 1
-                if state.consecutive_failures >= self.config.rest_after_failures and len(self.states) > 1:
-                    state.rested_until = time.monotonic() + self.config.rest_s
-                    state.consecutive_failures = 0
+                finally:
+                    self._release(state)  # after the rest decision, so the next caller sees it
                 if attempt < self.config.max_retries:
-                    self.counters.retries += 1
+                    counters.retries += 1
                     await asyncio.sleep(self._backoff(attempt, retry_after))
             raise EndpointError(
                 f"gave up after {self.config.max_retries + 1} attempts: {last_error} "
@@ -224,18 +318,22 @@ class LLMClient:
 
     @staticmethod
     def _parse(data: dict[str, Any], base_url: str) -> ChatResult:
+        """Checks the types pydantic would check, then builds the models without re-validating."""
         choices = []
         for c in data["choices"]:
+            text = c["message"].get("content") or ""
+            finish = c.get("finish_reason")
             lp = c.get("logprobs") or {}
-            choices.append(
-                Choice(
-                    text=c["message"].get("content") or "",
-                    finish_reason=c.get("finish_reason"),
-                    logprobs=lp.get("content") if isinstance(lp, dict) else None,
-                )
-            )
+            content = lp.get("content") if isinstance(lp, dict) else None
+            if not isinstance(text, str) or not (finish is None or isinstance(finish, str)):
+                raise TypeError("choice text/finish_reason is not a string")
+            if content is not None and not (
+                isinstance(content, list) and all(isinstance(e, dict) for e in content)
+            ):
+                raise TypeError("logprobs.content is not a list of objects")
+            choices.append(Choice.model_construct(text=text, finish_reason=finish, logprobs=content))
         usage = data.get("usage") or {}
-        return ChatResult(
+        return ChatResult.model_construct(
             choices=choices,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
@@ -291,6 +389,20 @@ def total_counters() -> Counters:
         for field in ("requests", "failures", "retries", "prompt_tokens", "completion_tokens", "wall_s"):
             setattr(total, field, getattr(total, field) + getattr(c.counters, field))
     return total
+
+
+@atexit.register
+def _close_shared_clients() -> None:
+    """Close the shared clients' connections at exit (aiohttp complains about unclosed sessions)."""
+    with _LOCK:
+        loop, clients = _LOOP, list(_CLIENTS.values())
+    if loop is None or not loop.thread.is_alive():
+        return
+    for client in clients:
+        try:
+            asyncio.run_coroutine_threadsafe(client.aclose(), loop.loop).result(timeout=5)
+        except Exception:  # exiting anyway: never turn a clean exit into a traceback
+            pass
 
 
 def run_sync(fn: Callable[[], Awaitable[T]]) -> T:

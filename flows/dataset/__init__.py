@@ -1,0 +1,1 @@
+"""Dataset assembly: per-prompt rows, binarisation, streaming Arrow/Parquet writes, the card."""

@@ -1,0 +1,288 @@
+"""Build: stream every shard's rows into the UltraFeedback and binarized datasets with bounded memory.
+
+Parquet writers take one shard at a time; the `datasets` folders are made from that Parquet. Outputs
+go to a staging folder first; `build.json` (written last, removed first) marks a finished build.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from array import array
+from collections.abc import Iterable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from flows.binarize import BinarizeStats, binarize_prompt, is_test
+from flows.dataset.rows import merge
+from flows.dataset.schema import binarized_features
+from flows.recipe import BinarizeSpec
+from flows.shards import read_json, write_json
+
+SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
+
+
+class BuildResult(BaseModel):
+    out_dir: str
+    prompts: int = 0
+    completions: int = 0
+    pairs: dict[str, int] = Field(default_factory=dict)  # split -> rows
+    stats: BinarizeStats = Field(default_factory=BinarizeStats)
+    constitution_pairs: int = 0
+    judges: dict[str, dict[str, Any]] = Field(default_factory=dict)  # key -> figures
+    mean_len_chosen: float | None = None
+    mean_len_rejected: float | None = None
+    fingerprint: str = ""
+    cached: bool = False
+
+
+class ShardFiles(BaseModel):
+    """What `build` reads of a finished shard."""
+
+    rows_path: str
+    cpairs_path: str
+    fingerprint: str = ""
+
+
+def provenance(
+    recipe: Any, judges: dict[str, dict[str, Any]], constitution_sha: str | None
+) -> dict[str, Any]:
+    return {
+        "policy": recipe.policy.display_name(),
+        "judges": [f"{k}:{j['type']}:{j.get('model', '')}" for k, j in judges.items()],
+        "constitution_sha256": constitution_sha,
+        "recipe_sha256": recipe.sha256(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "rlaif_version": version("rlaif"),
+    }
+
+
+def test_ids_fallback(shards: list[ShardFiles], fraction: float) -> tuple[set[str], set[str]]:
+    """(forced test ids, forced train ids) so that 2+ prompts always give both splits (one light pass)."""
+    n = n_test = 0
+    lo = hi = None
+    for s in shards:
+        for pid in pq.read_table(s.rows_path, columns=["prompt_id"]).column(0).to_pylist():
+            n += 1
+            n_test += is_test(pid, fraction)
+            h = hashlib.sha256(pid.encode()).hexdigest()
+            lo = min(lo or (h, pid), (h, pid))
+            hi = max(hi or (h, pid), (h, pid))
+    if n < 2 or fraction <= 0 or lo is None or hi is None:
+        return set(), set()
+    if n_test == 0:
+        return {lo[1]}, set()
+    if n_test == n:
+        return set(), {hi[1]}
+    return set(), set()
+
+
+def _best_of_n(row: dict[str, Any], score_key: str | None) -> dict[str, Any] | None:
+    scored = [
+        c for c in row["completions"] if score_key and (c.get("scores") or {}).get(score_key) is not None
+    ]
+    if not scored:
+        return None
+    best = max(scored, key=lambda c: (c["scores"][score_key], -c["sample_index"]))
+    return {"prompt_id": row["prompt_id"], "prompt": row["messages"],
+            "chosen": [{"role": "assistant", "content": best["response"]}], "rejected": [],
+            "score_chosen": float(best["scores"][score_key]), "chosen_model": best["model"],
+            "origin": "best-of-n", "judge": score_key}  # fmt: skip
+
+
+class _Writers:
+    """One Parquet writer per output file, opened lazily, closed together."""
+
+    def __init__(self, root: Path, uf_schema: pa.Schema) -> None:
+        self.root = root
+        self.pair_schema = binarized_features().arrow_schema
+        self.uf = pq.ParquetWriter(root / "parquet" / "ultrafeedback" / "train.parquet", uf_schema)
+        self.splits = {s: pq.ParquetWriter(root / "parquet" / "binarized" / f"{s}.parquet", self.pair_schema)
+                       for s in SPLITS}  # fmt: skip
+        self.counts = dict.fromkeys(SPLITS, 0)
+
+    def pairs(self, split: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            full = [{**r, "messages": r["prompt"] + r["chosen"]} for r in rows]
+            self.splits[split].write_table(pa.Table.from_pylist(full, schema=self.pair_schema))
+            self.counts[split] += len(rows)
+
+    def close(self) -> None:
+        self.uf.close()
+        for w in self.splits.values():
+            w.close()
+
+
+class PlotData:
+    """What the report plots need, kept small: scores and margins as float arrays, a length sample."""
+
+    def __init__(self) -> None:
+        self.scores, self.margins = array("d"), array("d")
+        self.lengths: list[tuple[int, int]] = []
+        self.seen = 0
+        self.rng = random.Random(0)
+
+    def pair(self, chosen: int, rejected: int) -> None:
+        self.seen += 1
+        if len(self.lengths) < 3000:
+            self.lengths.append((chosen, rejected))
+        elif (k := self.rng.randrange(self.seen)) < 3000:
+            self.lengths[k] = (chosen, rejected)
+
+
+def build(
+    out_dir: Path, shards: list[ShardFiles], spec: BinarizeSpec, types: dict[str, str], uf_schema: pa.Schema,
+    prov: dict[str, Any], judge_tallies: dict[str, dict[str, Any]] | None = None,
+) -> tuple[BuildResult, PlotData | None]:  # fmt: skip
+    """Binarise and write both datasets; a build whose inputs did not change is not redone."""
+    fp_data = (
+        [[s.rows_path, s.fingerprint] for s in shards],
+        spec.model_dump(),
+        types,
+        {k: v for k, v in prov.items() if k != "created_at"},
+    )
+    fp = hashlib.sha256(json.dumps(fp_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    marker = out_dir / "build.json"
+    if marker.exists() and all((out_dir / d).exists() for d in ("binarized", "ultrafeedback", "parquet")):
+        old = BuildResult.model_validate(read_json(marker))
+        if old.fingerprint == fp:
+            return old.model_copy(update={"cached": True}), None
+    marker.unlink(missing_ok=True)
+    score_key = spec.score or next(
+        (k for k, t in types.items() if t == "ultrafeedback"), next(iter(types), None)
+    )
+    is_pairwise = types.get(score_key or "") == "pairwise"
+    force_test, force_train = test_ids_fallback(shards, spec.test_fraction)
+
+    def test(pid: str) -> bool:
+        return pid in force_test or (pid not in force_train and is_test(pid, spec.test_fraction))
+
+    res = BuildResult(out_dir=str(out_dir), fingerprint=fp)
+    plot = PlotData()
+    len_c = len_r = 0
+    prov_type = pa.struct(uf_schema.field("provenance").type)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
+    try:
+        for sub in ("parquet/ultrafeedback", "parquet/binarized"):
+            (staging / sub).mkdir(parents=True)
+        w = _Writers(staging, uf_schema)
+        try:
+            for s in shards:
+                table = pq.read_table(s.rows_path)
+                rows = table.to_pylist()
+                prov_col = pa.array([prov] * len(rows), type=prov_type)
+                w.uf.write_table(
+                    table.append_column("provenance", prov_col).select(uf_schema.names).cast(uf_schema)
+                )
+                out: dict[str, list[dict[str, Any]]] = {k: [] for k in SPLITS}
+                for row in rows:
+                    res.prompts += 1
+                    res.completions += len(row["completions"])
+                    for c in row["completions"]:
+                        if c.get("fine_grained_score") is not None:
+                            plot.scores.append(c["fine_grained_score"])
+                    split = "test" if test(row["prompt_id"]) else "train"
+                    verdicts = None
+                    if is_pairwise:
+                        verdicts = {(v["i"], v["j"]): v["winner"] for v in row["pairwise_verdicts"]
+                                    if v["judge"] == score_key}  # fmt: skip
+                    if score_key is not None:
+                        out[f"{split}_prefs"] += [
+                            p.model_dump() for p in binarize_prompt(row, score_key, spec, verdicts, res.stats)
+                        ]
+                    else:
+                        res.stats.prompts += 1
+                    sft = _best_of_n(row, score_key)
+                    if sft:
+                        out[f"{split}_sft"].append(sft)
+                for cp in pq.read_table(s.cpairs_path).to_pylist():
+                    out[f"{'test' if test(cp['prompt_id']) else 'train'}_prefs"].append(cp)
+                    res.constitution_pairs += 1
+                for split, prs in out.items():
+                    if split.endswith("prefs"):
+                        for p in prs:
+                            lc, lr = len(p["chosen"][0]["content"]), len(p["rejected"][0]["content"])
+                            len_c, len_r = len_c + lc, len_r + lr
+                            plot.pair(lc, lr)
+                            if split == "train_prefs":
+                                plot.margins.append(p["margin"])
+                    w.pairs(split, prs)
+        finally:
+            w.close()
+        res.pairs = dict(w.counts)
+        n_pairs = res.pairs["train_prefs"] + res.pairs["test_prefs"]
+        if n_pairs:
+            res.mean_len_chosen, res.mean_len_rejected = len_c / n_pairs, len_r / n_pairs
+        _to_datasets(staging)
+        for name in ("binarized", "ultrafeedback", "parquet"):
+            target = out_dir / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    res.judges = judge_figures(judge_tallies or {})
+    write_json(marker, res.model_dump())
+    return res, plot
+
+
+def _from_parquet(path: Path, cache: Path) -> Any:
+    """A memory-mapped Dataset from one Parquet file (an empty file gives an empty Dataset)."""
+    import datasets
+
+    feats = datasets.Features.from_arrow_schema(pq.read_schema(path))
+    if pq.ParquetFile(path).metadata.num_rows == 0:
+        return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
+    return datasets.Dataset.from_parquet(str(path), features=feats, cache_dir=str(cache))
+
+
+def _to_datasets(staging: Path) -> None:
+    """`datasets` folders from the Parquet files (memory-mapped Arrow, never all rows in Python)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    cache = staging / ".hf-cache"
+    splits = {s: _from_parquet(staging / "parquet" / "binarized" / f"{s}.parquet", cache) for s in SPLITS}
+    dd = datasets.DatasetDict(splits)
+    # an empty split needs num_shards=1 or `datasets` writes no data file and cannot load it back
+    dd.save_to_disk(
+        str(staging / "binarized"), num_shards={k: 1 for k, v in splits.items() if len(v) == 0} or None
+    )
+    uf = _from_parquet(staging / "parquet" / "ultrafeedback" / "train.parquet", cache)
+    uf.save_to_disk(str(staging / "ultrafeedback"), num_shards=1 if len(uf) == 0 else None)
+    del dd, uf, splits
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def judge_figures(tallies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Card figures from the summed shard tallies."""
+    figs: dict[str, dict[str, Any]] = {}
+    for key, t in tallies.items():
+        f = {"type": t.get("type"), "model": t.get("model", ""), "requests": int(t.get("requests", 0)),
+             "parse_failures": int(t.get("parse_failures", 0))}  # fmt: skip
+        if t.get("type") == "pairwise":
+            n = int(t.get("comparisons", 0))
+            f["comparisons"] = n
+            f["position_consistency"] = t.get("consistent", 0) / n if n else None
+            f["tie_rate"] = t.get("ties", 0) / n if n else None
+        elif t.get("type") == "ultrafeedback":
+            f["ratings"], f["null_ratings"] = int(t.get("ratings", 0)), int(t.get("null_ratings", 0))
+        figs[key] = f
+    return figs
+
+
+def sum_tallies(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for p in parts:
+        merge(total, p)
+    return total

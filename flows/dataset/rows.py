@@ -1,0 +1,158 @@
+"""One prompt's results -> its UltraFeedback row, its constitution pairs, and the tallies the card sums.
+
+Runs inside the shard task, so rows are assembled where the work happened and `build` only streams.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from flows.binarize import PairRow
+
+
+def win_rates(pairs: list[dict[str, Any]]) -> dict[int, float]:
+    """Each completion's share of pairwise wins (ties count half)."""
+    wins: dict[int, float] = defaultdict(float)
+    games: dict[int, int] = defaultdict(int)
+    for p in pairs:
+        i, j = p["i"], p["j"]
+        games[i] += 1
+        games[j] += 1
+        wins[i] += {"x": 1.0, "y": 0.0, "tie": 0.5}[p["winner"]]
+        wins[j] += {"x": 0.0, "y": 1.0, "tie": 0.5}[p["winner"]]
+    return {k: wins[k] / games[k] for k in games}
+
+
+def first_kept(crits: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """sample_index -> the first kept critique (else the first one) for the UltraFeedback row."""
+    out: dict[int, dict[str, Any]] = {}
+    for c in crits:
+        k = c["sample_index"]
+        if k not in out or (c["status"] == "kept" and out[k].get("status") != "kept"):
+            out[k] = c
+    return out
+
+
+def prompt_row(
+    prompt: Any, comps: list[dict[str, Any]], judged: dict[str, dict[str, Any]], types: dict[str, str],
+    primary: str | None, crits: list[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """The UltraFeedback row of one prompt (without provenance, which `build` adds)."""
+    verdicts = []
+    for key, data in judged.items():
+        if types[key] == "pairwise":
+            verdicts += [{"judge": key, "i": p["i"], "j": p["j"], "winner": p["winner"],
+                          "consistent": p["consistent"], "p_x": p["p_x"]} for p in data["pairs"]]  # fmt: skip
+    rates = {k: win_rates(d["pairs"]) for k, d in judged.items() if types[k] == "pairwise"}
+    crit = first_kept(crits)
+    out = []
+    for c in comps:
+        scores: dict[str, float | None] = {}
+        annotations, fine = None, None
+        for key, data in judged.items():
+            pos = data["sample_indices"].index(c["sample_index"])
+            if types[key] == "ultrafeedback":
+                cj = data["completions"][pos]
+                scores[key] = cj["fine_grained_score"]
+                if key == primary:
+                    annotations, fine = cj["annotations"], cj["fine_grained_score"]
+            elif types[key] == "reward_model":
+                scores[key] = data["scores"][pos]
+            else:
+                scores[key] = rates[key].get(c["sample_index"])
+        cr = crit.get(c["sample_index"], {})
+        out.append({
+            "sample_index": c["sample_index"], "model": c["model"], "response": c["response"],
+            "sampling": c["sampling"], "finish_reason": c["finish_reason"],
+            "completion_tokens": c["completion_tokens"], "annotations": annotations,
+            "fine_grained_score": fine, "scores": scores or None,
+            "critique": cr.get("critique"), "revision": cr.get("revision"), "principle_id": cr.get("principle_id"),
+        })  # fmt: skip
+    return {"prompt_id": prompt.prompt_id, "prompt": prompt.prompt, "messages": prompt.messages,
+            "source": prompt.source, "completions": out, "pairwise_verdicts": verdicts}  # fmt: skip
+
+
+def constitution_pairs(
+    messages: list[dict[str, str]], prompt_id: str, crits: list[dict], labels: list[dict]
+) -> list[PairRow]:
+    """Kept revisions beat their original; non-tie labels give chosen/rejected with a soft margin."""
+    out = []
+    for c in crits:
+        if c["status"] != "kept":
+            continue
+        out.append(PairRow(
+            prompt_id=prompt_id, prompt=messages,
+            chosen=[{"role": "assistant", "content": c["revision"]}],
+            rejected=[{"role": "assistant", "content": c["response"]}],
+            score_chosen=1.0, score_rejected=0.0, margin=1.0, chosen_model=f"{c['model']}+revision",
+            rejected_model=c["model"], origin="constitution", judge="constitution:critique",
+            principle_id=c["principle_id"], principle_sha256=c["principle_sha256"],
+        ))  # fmt: skip
+    for lab in labels:
+        if lab["winner"] == "tie":
+            continue
+        win, lose = ("x", "y") if lab["winner"] == "x" else ("y", "x")
+        p = lab["p_x"] if lab["p_x"] is not None else (1.0 if win == "x" else 0.0)
+        pc = p if win == "x" else 1 - p
+        out.append(PairRow(
+            prompt_id=prompt_id, prompt=messages,
+            chosen=[{"role": "assistant", "content": lab[win]}],
+            rejected=[{"role": "assistant", "content": lab[lose]}],
+            score_chosen=pc, score_rejected=1 - pc, margin=2 * pc - 1,
+            chosen_model=lab[f"{win}_model"], rejected_model=lab[f"{lose}_model"],
+            origin="constitution", judge="constitution:label",
+            principle_id=lab["principle_id"], principle_sha256=lab["principle_sha256"],
+        ))  # fmt: skip
+    return out
+
+
+def add(d: dict[str, Any], key: str, n: float = 1) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+def tally_judge(t: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+    """Sum one prompt's judge figures into `t` (summed again over shards by `build`)."""
+    add(t, "requests", data.get("requests", 0))
+    add(t, "parse_failures", data.get("parse_failures", 0))
+    if kind == "pairwise":
+        for p in data["pairs"]:
+            add(t, "comparisons")
+            add(t, "consistent", int(p["consistent"]))
+            add(t, "ties", int(p["winner"] == "tie"))
+    elif kind == "ultrafeedback":
+        for c in data["completions"]:
+            for a in c["annotations"].values():
+                add(t, "ratings")
+                add(t, "null_ratings", int(a["rating"] is None))
+
+
+def tally_critique(t: dict[str, Any], crits: list[dict], labels: list[dict]) -> None:
+    per = t.setdefault("per_principle", {})
+    skipped = t.setdefault("skipped", {})
+    for c in crits:
+        d = per.setdefault(c["principle_id"], {"critiques": 0, "pairs": 0, "dropped": 0})
+        d["critiques"] += 1
+        d["pairs" if c["status"] == "kept" else "dropped"] += 1
+        if c["status"] != "kept":
+            add(d, f"dropped_{c['status']}")
+            add(skipped, f"revision_{c['status']}")
+    for lab in labels:
+        d = per.setdefault(lab["principle_id"], {"critiques": 0, "pairs": 0, "dropped": 0})
+        d["pairs" if lab["winner"] != "tie" else "dropped"] += 1
+        add(t, "labels")
+        add(t, "labels_consistent", int(lab["consistent"]))
+        add(t, "labels_soft", int(lab["p_x"] is not None))
+    add(t, "rows", len(crits) + len(labels))
+
+
+def merge(into: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Deep sum of tallies (numbers add, dicts merge, other values are taken from `part`)."""
+    for k, v in part.items():
+        if isinstance(v, dict):
+            merge(into.setdefault(k, {}), v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            into[k] = into.get(k, 0) + v
+        else:
+            into[k] = v
+    return into

@@ -1,0 +1,1 @@
+"""The stage engine: prompts by reference, big shards, per-request journal, streamed stages."""

@@ -1,0 +1,86 @@
+"""A chat client that answers from the shard's journal when it can and journals every new answer.
+
+Judges and critics call `chat` exactly as on `LLMClient`; the request's content hash is its key, so a
+resumed shard re-sends only what was not journalled, and an edited prompt template or principle
+changes only the keys of the requests it shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from flows.engine.journal import Journal
+from serving.client import ChatResult, Choice, LLMClient, RequestRejected
+
+LOGPROB_ENTRIES = 16  # logprob entries kept per answer (the verdict token comes early); bounds the journal
+PERMANENT_REJECTIONS = {400, 413, 422}  # the request itself is refused (e.g. too long): journal it
+
+
+def request_key(model: str, body: dict[str, Any]) -> str:
+    raw = json.dumps([model, body], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class StageStats:
+    """Per-stage counts of one shard: requests sent now vs replayed, tokens, first answer time."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.replayed = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.new_completion_tokens = 0
+        self.first_at: float | None = None  # wall clock of the first answer (new or replayed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class RecordingClient:
+    """`chat` over an `LLMClient`, journalled per request under one stage name."""
+
+    def __init__(self, client: LLMClient, journal: Journal, stage: str, model: str, stats: StageStats,
+                 on_answer: Any = None) -> None:  # fmt: skip
+        self.client = client
+        self.journal = journal
+        self.stage = stage
+        self.model = model
+        self.stats = stats
+        self.on_answer = on_answer
+
+    async def chat(self, messages: list[dict[str, str]], **params: Any) -> ChatResult:
+        body = {"messages": messages, **{k: v for k, v in params.items() if v is not None and v is not False}}
+        key = request_key(self.model, body)
+        rec = self.journal.get(key)
+        if rec is None:
+            try:
+                res = await self.client.chat(messages, **params)
+            except RequestRejected as exc:
+                if exc.status not in PERMANENT_REJECTIONS:
+                    raise
+                rec = {"k": key, "s": self.stage, "rejected": exc.status, "error": str(exc)[:300]}
+            else:
+                c = res.choices[0]
+                rec = {"k": key, "s": self.stage, "t": c.text, "f": c.finish_reason,
+                       "pt": res.prompt_tokens, "ct": res.completion_tokens}  # fmt: skip
+                if c.logprobs:
+                    rec["lp"] = c.logprobs[:LOGPROB_ENTRIES]
+                self.stats.new_completion_tokens += res.completion_tokens
+            self.journal.append(rec)
+            self.stats.sent += 1
+        else:
+            self.stats.replayed += 1
+        if self.stats.first_at is None:
+            self.stats.first_at = time.time()
+        if self.on_answer is not None:
+            self.on_answer()
+        if "rejected" in rec:
+            raise RequestRejected(rec["error"], rec["rejected"])
+        self.stats.prompt_tokens += rec["pt"]
+        self.stats.completion_tokens += rec["ct"]
+        choice = Choice.model_construct(text=rec["t"], finish_reason=rec["f"], logprobs=rec.get("lp"))
+        return ChatResult.model_construct(choices=[choice], prompt_tokens=rec["pt"], completion_tokens=rec["ct"],
+                                          endpoint="")  # fmt: skip

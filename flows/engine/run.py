@@ -1,0 +1,131 @@
+"""The engine as Prefect: one cached task per shard (all stages of it), then the streaming build.
+
+The flow receives a `RunSpec` (paths, hashes, the recipe, endpoints: a few KB whatever the dataset
+size); each task receives a `ShardRef` and the `ShardPlan`.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.futures import as_completed
+from pydantic import BaseModel, Field
+
+from flows import progress
+from flows.engine.manifest import Manifest, ShardRef
+from flows.engine.plan import expected_requests
+from flows.engine.shard import ShardPlan, ShardResult, run_shard
+from flows.shards import read_json
+from serving.errors import DataError
+
+
+class RunSpec(BaseModel):
+    """The flow's parameters: by reference only."""
+
+    manifest_path: str
+    manifest_sha256: str
+    plan: ShardPlan
+    principles: int = 1
+    task_runner: str = "threads"
+    dask_address: str | None = None
+    dask_workers: int = 2
+    shards_in_flight: int = 2
+
+
+class EngineResult(BaseModel):
+    """What the shard stage returns to the pipeline (small: figures, not rows)."""
+
+    shards: list[ShardResult] = Field(default_factory=list)
+    wall_s: float = 0.0
+    started_at: float = 0.0
+    task_runs: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict)
+    prompts: int = 0
+
+    def requests_sent(self) -> int:
+        return sum(s.sent() for s in self.shards)
+
+    def first_judged_s(self) -> float | None:
+        t = [s.first_judged_at for s in self.shards if s.first_judged_at and not s.cached]
+        return min(t) - self.started_at if t else None
+
+
+@task(name="shard", cache_policy=(INPUTS - "plan") + TASK_SOURCE, retries=1, retry_delay_seconds=5)
+def shard_task(ref: ShardRef, fingerprint: str, plan: ShardPlan) -> ShardResult:
+    """All stages of one shard; `fingerprint` (with the shard's content hash) is the cache key."""
+    return run_shard(ref, plan)
+
+
+def load_manifest(path: str, sha: str) -> Manifest:
+    man = Manifest.model_validate(read_json(Path(path)))
+    if man.sha256 != sha:
+        raise DataError(f"{path}: prompt manifest changed while the run was starting; re-run")
+    return man
+
+
+def task_runner(spec: RunSpec) -> Any:
+    """Threads in this process, or Dask: a local cluster of worker processes, or a scheduler address."""
+    if spec.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if spec.dask_address:
+            return DaskTaskRunner(address=spec.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": spec.dask_workers, "processes": True,
+                                              "threads_per_worker": spec.shards_in_flight,
+                                              "dashboard_address": None})  # fmt: skip
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=spec.shards_in_flight)
+
+
+def dask_share(spec: RunSpec) -> float:
+    """Each Dask worker process gets its share of every endpoint's concurrency limit."""
+    if spec.task_runner != "dask":
+        return 1.0
+    workers = spec.dask_workers
+    if spec.dask_address:
+        from distributed import Client
+
+        with Client(spec.dask_address, timeout=10) as c:
+            workers = max(1, len(c.scheduler_info()["workers"]))
+    return 1.0 / max(1, workers)
+
+
+def run_shards(spec: RunSpec) -> EngineResult:
+    """Submit every shard; return their results in shard order (inside a flow)."""
+    man = load_manifest(spec.manifest_path, spec.manifest_sha256)
+    plan = spec.plan
+    fp = plan.fingerprint()
+    storage = Path(plan.out_dir) / ".prefect"  # task results and cache records beside the data
+    t = shard_task.with_options(result_storage=storage, persist_result=True)
+    res = EngineResult(started_at=time.time(), skipped=dict(man.skipped), prompts=man.prompts)
+    t0 = time.monotonic()
+    totals = {"prompts": man.prompts, "requests": expected_requests(plan, man.prompts, spec.principles)}
+    in_process = spec.task_runner != "dask"
+    by_index: dict[int, ShardResult] = {}
+    with progress.bars(totals, "run"):
+        futures = [t.submit(ref=ref, fingerprint=f"{ref.sha256}:{fp}", plan=plan) for ref in man.shards]
+        res.task_runs = len(futures)
+        for fut in as_completed(futures):
+            r = fut.result()
+            if fut.state.name == "Cached" or r.cached:
+                r = r.model_copy(update={"cached": True})
+            if r.cached or not in_process:  # in-process shards advance the bar prompt by prompt
+                progress.advance("prompts", man.shards[r.index].prompts)
+            by_index[r.index] = r
+    res.shards = [by_index[i] for i in sorted(by_index)]
+    for r in res.shards:
+        for k, v in r.skipped.items():
+            res.skipped[k] = res.skipped.get(k, 0) + v
+    res.wall_s = time.monotonic() - t0
+    return res
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,224 @@
+"""The shard runner: one task owns a shard of prompts and streams every stage of it through one client.
+
+Each prompt moves on as soon as its own requests are answered (generate -> all judges and critique
+together), so no stage waits for another shard or another prompt. Every answer is journalled first;
+the shard's rows are written (atomically) only when all its prompts are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from flows import progress
+from flows.dataset.rows import constitution_pairs, prompt_row, tally_critique, tally_judge
+from flows.dataset.schema import binarized_features, uf_features
+from flows.engine.journal import Journal
+from flows.engine.manifest import ShardRef, read_shard
+from flows.engine.recorded import RecordingClient, StageStats
+from flows.engine.stages import PromptCritic, PromptJudge, generate
+from flows.recipe import CritiqueSpec, JudgeSpec, Sampling
+from flows.shards import read_json, write_json
+from serving.client import ClientConfig, Endpoint, io_loop, shared_client
+
+
+class JudgeRun(BaseModel):
+    spec: JudgeSpec
+    endpoints: list[Endpoint]
+    template_sha: str = ""
+
+
+class ShardPlan(BaseModel):
+    """Everything a shard task needs besides its `ShardRef`: small, so Prefect can hash and persist it."""
+
+    out_dir: str
+    policy_model: str
+    policy_endpoints: list[Endpoint]
+    sampling: Sampling
+    judges: list[JudgeRun] = Field(default_factory=list)
+    critique: CritiqueSpec | None = None
+    critique_endpoints: list[Endpoint] = Field(default_factory=list)
+    constitution_path: str | None = None
+    constitution_sha: str | None = None
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    concurrency_share: float = Field(default=1.0, gt=0, le=1, description="this process's share (Dask)")
+    prompts_in_flight: int | None = None
+
+    def fingerprint(self) -> str:
+        """What the shard's rows depend on (not where the endpoints are, nor how fast we go)."""
+        data = {
+            "policy": self.policy_model, "sampling": self.sampling.model_dump(),
+            "judges": [[j.spec.model_dump(exclude={"judge"}), [e.model for e in j.endpoints], j.template_sha]
+                       for j in self.judges],
+            "critique": self.critique.model_dump(exclude={"judge"}) if self.critique else None,
+            "critique_models": [e.model for e in self.critique_endpoints], "constitution": self.constitution_sha,
+            "format": 2,
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def window(self) -> int:
+        """Prompts in flight per shard: enough ready requests to keep the policy endpoint full."""
+        if self.prompts_in_flight:
+            return self.prompts_in_flight
+        conc = sum(e.max_concurrency for e in self.policy_endpoints) * self.concurrency_share
+        return max(8, int(2 * conc / max(1, self.sampling.n)) + 4)
+
+    def primary_judge(self) -> str | None:
+        return next((j.spec.key for j in self.judges if j.spec.type == "ultrafeedback"), None)
+
+    def aspects(self) -> list[str]:
+        from judges.ultrafeedback import ASPECTS
+
+        spec = next((j.spec for j in self.judges if j.spec.type == "ultrafeedback"), None)
+        return [] if spec is None else list(spec.aspects or ASPECTS)
+
+    def uf_features(self, with_provenance: bool = True) -> Any:
+        return uf_features(self.aspects(), [j.spec.key for j in self.judges], with_provenance)
+
+
+class ShardResult(BaseModel):
+    """A finished shard: where its rows are and the figures `build` and the summary add up."""
+
+    index: int
+    name: str
+    fingerprint: str
+    rows_path: str
+    cpairs_path: str
+    prompts: int = 0
+    completions: int = 0
+    cpairs: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # stage -> StageStats figures
+    judges: dict[str, dict[str, Any]] = Field(default_factory=dict)  # key -> tallies
+    critique: dict[str, Any] = Field(default_factory=dict)
+    first_judged_at: float | None = None
+    wall_s: float = 0.0
+    cached: bool = False
+
+    def sent(self) -> int:
+        return 0 if self.cached else sum(s["sent"] for s in self.stages.values())
+
+
+def _scaled(endpoints: list[Endpoint], share: float) -> list[Endpoint]:
+    if share >= 1:
+        return endpoints
+    return [
+        e.model_copy(update={"max_concurrency": max(1, int(e.max_concurrency * share))}) for e in endpoints
+    ]
+
+
+@lru_cache(maxsize=4)
+def _reward_judge(path: str) -> Any:
+    from judges.reward_model import RewardModelJudge
+
+    return RewardModelJudge(path)
+
+
+def _constitution(plan: ShardPlan) -> Any:
+    from judges.constitution import load_constitution
+
+    return load_constitution(Path(plan.constitution_path or ""))
+
+
+async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: dict[str, StageStats],
+                  clients: dict[str, Any]) -> list:  # fmt: skip
+    def rec(stage: str, eps: list[Endpoint], model: str) -> RecordingClient:
+        stats[stage] = StageStats()
+        return RecordingClient(
+            clients[stage], journal, stage, model, stats[stage], lambda: progress.advance("requests")
+        )
+
+    gen = rec("generate", plan.policy_endpoints, plan.policy_model)
+    judges = [PromptJudge(j.spec, rec(f"judge:{j.spec.key}", j.endpoints, j.endpoints[0].model),
+                          _reward_judge(j.spec.reward_model) if j.spec.type == "reward_model" else None)
+              for j in plan.judges]  # fmt: skip
+    critic = None
+    if plan.critique is not None and plan.constitution_path:
+        eps = plan.critique_endpoints
+        critic = PromptCritic(plan.critique, _constitution(plan), rec("critique", eps, eps[0].model))
+    window = asyncio.Semaphore(plan.window())
+    results: list[Any] = [None] * len(prompts)
+
+    async def one(k: int, p: Any) -> None:
+        async with window:
+            comps, reason = await generate(gen, p, plan.policy_model, plan.sampling)
+            if reason is None:
+                jobs = [j.judge(p, comps) for j in judges] + ([critic.run(p, comps)] if critic else [])
+                done = await asyncio.gather(*jobs)
+                crits, labels = done[-1] if critic else ([], [])
+                results[k] = (comps, dict(zip([j.spec.key for j in plan.judges], done)), crits, labels)
+            else:
+                results[k] = reason
+        progress.advance("prompts")
+
+    async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest: no orphan requests
+        for k, p in enumerate(prompts):
+            tg.create_task(one(k, p))
+    return results
+
+
+def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
+    """Process one shard (or find it finished); journalled requests are never sent again."""
+    fp = plan.fingerprint()
+    folder = Path(plan.out_dir) / "shards" / ref.name
+    done_path = folder / f"result-{fp}.json"
+    if done_path.exists():
+        res = ShardResult.model_validate(read_json(done_path))
+        if Path(res.rows_path).exists():
+            return res.model_copy(update={"cached": True})
+    t0 = time.monotonic()
+    prompts = read_shard(ref)
+    stats: dict[str, StageStats] = {}
+    clients = {"generate": plan.policy_endpoints, "critique": plan.critique_endpoints,
+               **{f"judge:{j.spec.key}": j.endpoints for j in plan.judges}}  # fmt: skip
+    clients = {
+        k: shared_client(_scaled(eps, plan.concurrency_share), plan.client)
+        for k, eps in clients.items()
+        if eps
+    }
+    with Journal(folder / "journal.jsonl") as journal:
+        results = io_loop().run(_stream(prompts, plan, journal, stats, clients))
+    res = ShardResult(index=ref.index, name=ref.name, fingerprint=fp, rows_path=str(folder / f"rows-{fp}.parquet"),
+                      cpairs_path=str(folder / f"cpairs-{fp}.parquet"))  # fmt: skip
+    types = {j.spec.key: j.spec.type for j in plan.judges}
+    rows, cpairs = [], []
+    for p, r in zip(prompts, results):
+        if isinstance(r, str):
+            res.skipped[r] = res.skipped.get(r, 0) + 1
+            continue
+        comps, judged, crits, labels = r
+        rows.append(prompt_row(p, comps, judged, types, plan.primary_judge(), crits))
+        for key, data in judged.items():
+            tally_judge(res.judges.setdefault(key, {"type": types[key]}), types[key], data)
+        if plan.critique is not None:
+            tally_critique(res.critique, crits, labels)
+        cpairs += [{**c.model_dump(), "messages": p.messages + c.chosen}
+                   for c in constitution_pairs(p.messages, p.prompt_id, crits, labels)]  # fmt: skip
+    res.prompts, res.completions, res.cpairs = (
+        len(rows),
+        sum(len(r["completions"]) for r in rows),
+        len(cpairs),
+    )
+    _write_parquet(Path(res.rows_path), rows, plan.uf_features(with_provenance=False).arrow_schema)
+    _write_parquet(Path(res.cpairs_path), cpairs, binarized_features().arrow_schema)
+    res.stages = {k: v.as_dict() for k, v in stats.items()}
+    firsts = [v.first_at for k, v in stats.items() if k.startswith("judge:") and v.first_at]
+    res.first_judged_at = min(firsts) if firsts else None
+    res.wall_s = time.monotonic() - t0
+    write_json(done_path, res.model_dump())
+    return res
+
+
+def _write_parquet(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    tmp.replace(path)

@@ -1,0 +1,128 @@
+"""What each stage does for one prompt: generate its completions, judge them, critique/label them.
+
+Plain async functions over a chat client (`RecordingClient` in the engine, so each request is
+journalled); the shard runner streams prompts through them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from typing import Any
+
+from flows.prompts import PromptRow
+from flows.recipe import CritiqueSpec, JudgeSpec, Sampling
+from judges.constitution import Constitution
+from judges.constitutional import ConstitutionalCritic, ConstitutionalJudge, pick_principles
+from judges.pairwise import PairwiseJudge
+from judges.ultrafeedback import UltraFeedbackJudge
+from serving.client import RequestRejected
+
+
+def sample_seed(base: int | None, prompt_id: str, index: int) -> int | None:
+    """A seed per (prompt, sample): reproducible whatever the sharding, for any prompt id."""
+    if base is None:
+        return None
+    h = int(hashlib.sha256(prompt_id.encode()).hexdigest()[:8], 16)
+    return (base + h + 7919 * index) % (2**31 - 1)
+
+
+def skip_reason(exc: RequestRejected) -> str:
+    text = str(exc).lower()
+    if "context" in text or "too long" in text or "maximum" in text or "max_tokens" in text:
+        return "too_long"
+    return "rejected"
+
+
+async def generate(
+    client: Any, prompt: PromptRow, model: str, sampling: Sampling
+) -> tuple[list[dict], str | None]:
+    """All samples of one prompt as separate seeded requests in flight together."""
+
+    async def one(i: int) -> dict[str, Any]:
+        seed = sample_seed(sampling.seed, prompt.prompt_id, i)
+        res = await client.chat(prompt.messages, temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_tokens, seed=seed)  # fmt: skip
+        c = res.choices[0]
+        return {"sample_index": i, "model": model, "response": c.text,
+                "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                             "max_tokens": sampling.max_tokens, "seed": seed},
+                "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": res.completion_tokens}  # fmt: skip
+
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(sampling.n)))), None
+    except RequestRejected as exc:
+        return [], skip_reason(exc)
+
+
+class PromptJudge:
+    """One recipe judge bound to a client: `judge(prompt, comps)` -> the per-prompt record."""
+
+    def __init__(self, spec: JudgeSpec, client: Any, reward: Any = None) -> None:
+        self.spec = spec
+        self.reward = reward
+        if spec.type == "ultrafeedback":
+            self.uf = UltraFeedbackJudge(client, spec.aspects, spec.max_tokens, spec.temperature,
+                                         spec.structured, spec.seed)  # fmt: skip
+        elif spec.type == "pairwise":
+            self.pw = PairwiseJudge(client, min(spec.max_tokens, 128), spec.temperature, spec.structured,
+                                    spec.logprobs)  # fmt: skip
+
+    async def judge(self, prompt: PromptRow, comps: list[dict[str, Any]]) -> dict[str, Any]:
+        idx = [c["sample_index"] for c in comps]
+        if self.spec.type == "reward_model":
+            scores = await asyncio.to_thread(
+                self.reward.judge, prompt.messages, [c["response"] for c in comps]
+            )
+            return {
+                "sample_indices": idx,
+                "scores": [s.score for s in scores],
+                "requests": 0,
+                "parse_failures": 0,
+            }
+        if self.spec.type == "ultrafeedback":
+            res = await self.uf.judge(prompt.prompt_id, prompt.prompt, [c["response"] for c in comps])
+            return {"sample_indices": idx, **res.model_dump()}
+        pairs = list(itertools.combinations(range(len(comps)), 2))
+        verdicts = await asyncio.gather(*(self.pw.compare(prompt.prompt, comps[i]["response"], comps[j]["response"])
+                                          for i, j in pairs))  # fmt: skip
+        return {"sample_indices": idx, "requests": 2 * len(pairs),
+                "parse_failures": sum(v.parse_failures for v in verdicts),
+                "pairs": [{"i": idx[i], "j": idx[j], **v.model_dump()} for (i, j), v in zip(pairs, verdicts)]}  # fmt: skip
+
+
+class PromptCritic:
+    """The constitution stage for one prompt: critique -> revision per completion, and/or labels."""
+
+    def __init__(self, spec: CritiqueSpec, constitution: Constitution, client: Any) -> None:
+        self.spec = spec
+        self.c = constitution
+        self.critic = ConstitutionalCritic(client, constitution, spec.max_tokens)
+        self.labeler = ConstitutionalJudge(client, logprobs=True)
+
+    async def run(self, prompt: PromptRow, comps: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+        s, pid = self.spec, prompt.prompt_id
+        crit_jobs, label_jobs = [], []
+        if s.mode in ("critique", "both"):
+            for r in comps:
+                for p in pick_principles(self.c, s.principles, s.seed, pid, r["sample_index"]):
+                    crit_jobs.append(self._crit(prompt, r, p))
+        if s.mode in ("label", "both"):
+            for a, b in zip(comps[0::2], comps[1::2]):
+                for p in pick_principles(self.c, s.principles, s.seed, pid, a["sample_index"], "label"):
+                    label_jobs.append(self._label(prompt, a, b, p))
+        crits = await asyncio.gather(*crit_jobs)
+        labels = await asyncio.gather(*label_jobs)
+        return list(crits), list(labels)
+
+    async def _crit(self, prompt: PromptRow, r: dict[str, Any], p: Any) -> dict[str, Any]:
+        res = await self.critic.critique(prompt.prompt, r["response"], p)
+        return {"sample_index": r["sample_index"], "response": r["response"], "model": r["model"],
+                **res.model_dump()}  # fmt: skip
+
+    async def _label(self, prompt: PromptRow, a: dict[str, Any], b: dict[str, Any], p: Any) -> dict[str, Any]:
+        res = await self.labeler.label(prompt.prompt, a["response"], b["response"], p)
+        return {"i": a["sample_index"], "j": b["sample_index"], "x": a["response"], "y": b["response"],
+                "x_model": a["model"], "y_model": b["model"], **res.model_dump()}  # fmt: skip
