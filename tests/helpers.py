@@ -43,42 +43,66 @@ def make_tiny_model(folder: Path) -> Path:
 
 
 def synthetic_build(out_dir: Path, n_prompts: int = 48, seed: int = 0) -> Path:
-    """A build output from hand-written shards: chosen = a correct sum stated politely, rejected = a
-    wrong, curt one. Rated 5 vs 1 by a scripted 'ultrafeedback' judge shard. Easy to learn."""
-    import json
+    """A build output from hand-written rows: chosen = a correct sum stated politely, rejected = a
+    wrong, curt one, rated 5 vs 1 by a scripted 'ultrafeedback' judge. Easy to learn."""
     import random
 
-    from flows.build import build
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.dataset.build import ShardFiles, build
+    from flows.dataset.schema import binarized_features, uf_features
     from flows.recipe import BinarizeSpec, Recipe
 
     rng = random.Random(seed)
-    gen_rows, judged = [], {}
+    rows = []
     for k in range(n_prompts):
         a, b = rng.randint(1, 50), rng.randint(1, 50)
-        pid = f"p{k:03d}"
         prompt = f"What is {a} + {b}?"
-        good = f"Sure! {a} + {b} = {a + b}."
-        bad = f"{a + b + rng.randint(1, 9)}"
-        for i, text in enumerate((good, bad)):
-            gen_rows.append({"prompt_id": pid, "prompt": prompt, "messages": [{"role": "user", "content": prompt}],
-                             "source": "synthetic", "sample_index": i, "model": "scripted", "response": text,
-                             "sampling": {"temperature": 0.0}, "finish_reason": "stop", "prompt_tokens": 5,
-                             "completion_tokens": 5})  # fmt: skip
-        ann = [
-            {a2: {"rating": r, "rationale": "", "error": None} for a2 in ("helpfulness", "honesty")}
-            for r in (5, 1)
-        ]
-        judged[pid] = {"sample_indices": [0, 1], "orders": {}, "requests": 2, "parse_failures": 0,
-                       "completions": [{"annotations": x, "fine_grained_score": float(x["helpfulness"]["rating"])}
-                                       for x in ann]}  # fmt: skip
-    gen = out_dir / "generate" / "shard-synthetic.json"
-    gen.parent.mkdir(parents=True, exist_ok=True)
-    gen.write_text(json.dumps({"rows": gen_rows, "skipped": {}}))
-    jdg = out_dir / "judge" / "ultrafeedback" / "shard-synthetic.json"
-    jdg.parent.mkdir(parents=True, exist_ok=True)
-    jdg.write_text(json.dumps({"type": "ultrafeedback", "endpoint_model": "scripted", "prompts": judged}))
-    build(out_dir, [str(gen)], {"ultrafeedback": [str(jdg)]}, BinarizeSpec(test_fraction=0.25), Recipe())
+        comps = []
+        for i, (text, r) in enumerate(
+            ((f"Sure! {a} + {b} = {a + b}.", 5), (f"{a + b + rng.randint(1, 9)}", 1))
+        ):
+            ann = {x: {"rating": r, "rationale": "", "error": None} for x in ("helpfulness", "honesty")}
+            comps.append({"sample_index": i, "model": "scripted", "response": text, "finish_reason": "stop",
+                          "sampling": {"temperature": 0.0}, "completion_tokens": 5, "annotations": ann,
+                          "fine_grained_score": float(r), "scores": {"ultrafeedback": float(r)}})  # fmt: skip
+        rows.append({"prompt_id": f"p{k:03d}", "prompt": prompt, "messages": [{"role": "user", "content": prompt}],
+                     "source": "synthetic", "completions": comps, "pairwise_verdicts": []})  # fmt: skip
+    feats = uf_features(["helpfulness", "honesty"], ["ultrafeedback"])
+    shard = out_dir / "shards" / "synthetic"
+    shard.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=uf_features(["helpfulness", "honesty"], ["ultrafeedback"],
+                                                                 with_provenance=False).arrow_schema),
+                   shard / "rows.parquet")  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pylist([], schema=binarized_features().arrow_schema), shard / "cpairs.parquet"
+    )
+    prov = {"policy": "scripted", "judges": ["ultrafeedback"], "recipe_sha256": Recipe().sha256()}
+    files = [ShardFiles(rows_path=str(shard / "rows.parquet"), cpairs_path=str(shard / "cpairs.parquet"))]
+    build(out_dir, files, BinarizeSpec(test_fraction=0.25), {"ultrafeedback": "ultrafeedback"},
+          feats.arrow_schema, prov)  # fmt: skip
     return out_dir
+
+
+def journal_records(out: Path, stage: str | None = None) -> list[dict]:
+    """Every journalled request of a run folder (optionally of one stage: generate, judge:KEY, critique)."""
+    import json
+
+    recs = []
+    for j in sorted(out.glob("shards/*/journal.jsonl")):
+        for line in j.read_text().splitlines():
+            rec = json.loads(line)
+            if stage is None or rec["s"] == stage:
+                recs.append(rec)
+    return recs
+
+
+def uf_rows(out: Path) -> list[dict]:
+    """The built UltraFeedback rows (from the Parquet copy)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out / "parquet" / "ultrafeedback" / "train.parquet").to_pylist()
 
 
 def free_port() -> int:

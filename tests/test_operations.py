@@ -12,34 +12,43 @@ from pathlib import Path
 import httpx
 
 from flows.cli import main
-from flows.generate import generate_flow
-from flows.prompts import load_prompts
-from flows.recipe import Sampling
-from flows.runner import task_runner
-from serving.client import ClientConfig
-from tests.helpers import free_port, write_jsonl
+from tests.helpers import free_port, uf_rows, write_jsonl
 from tests.stubs import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_dask_runner_gives_the_same_rows(policy_endpoint, tmp_path):
-    prompts = load_prompts(
-        str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Count to {i}."} for i in range(5)]))
-    ).rows
-    kwargs = dict(prompts=prompts, endpoints=[policy_endpoint], model="m", sampling=Sampling(n=2, max_tokens=12),
-                  batch_size=2, client_config=ClientConfig())  # fmt: skip
-    threads = generate_flow(out_dir=str(tmp_path / "threads"), **kwargs)
-    dask_flow = generate_flow.with_options(task_runner=task_runner("dask", None, 4))
-    dask = dask_flow(out_dir=str(tmp_path / "dask"), **kwargs)
+def test_dask_runner_gives_the_same_datasets(vllm_server, tmp_path):
+    """Two Dask worker processes produce the same datasets as the thread runner."""
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Count to {i}."} for i in range(5)])
 
-    def keys(res):  # noqa: ANN001, ANN202
-        rows = [r for s in res.shards for r in json.loads(Path(s).read_text())["rows"]]
-        return sorted((r["prompt_id"], r["sample_index"], r["sampling"]["seed"], r["model"]) for r in rows)
+    def run(runner: str) -> Path:
+        recipe = tmp_path / f"{runner}.yaml"
+        recipe.write_text(f"name: ops-{runner}\nprompts:\n  path: {data}\npolicy:\n  port: {vllm_server.port}\n"
+                          "sampling:\n  n: 2\n  max_tokens: 12\nshard_size: 2\njudges:\n  - type: pairwise\n"
+                          f"    max_tokens: 32\ntask_runner: {runner}\ndask_workers: 2\n")  # fmt: skip
+        out = tmp_path / runner
+        assert main(["run", str(recipe), "--out", str(out)]) == 0
+        return out
 
-    assert dask.rows == threads.rows == 10
-    assert keys(dask) == keys(threads)
-    assert sorted(Path(s).name for s in dask.shards) == sorted(Path(s).name for s in threads.shards)
+    threads, dask = run("threads"), run("dask")
+    assert json.loads((dask / "summary.json").read_text())["engine"]["task_runner"] == "dask"
+
+    def rows(out: Path) -> list:
+        out_rows = uf_rows(out)
+        for r in out_rows:
+            r.pop("provenance")
+        return sorted(out_rows, key=lambda r: r["prompt_id"])
+
+    assert len(rows(dask)) == 5 and rows(dask) == rows(threads)
+    import pyarrow.parquet as pq
+
+    for split in ("train_prefs", "test_prefs"):
+        a, b = (
+            pq.read_table(o / "parquet" / "binarized" / f"{split}.parquet").to_pylist()
+            for o in (threads, dask)
+        )
+        assert sorted(map(str, a)) == sorted(map(str, b))
 
 
 def test_artifacts_and_summary_without_secrets(vllm_server, tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tests.helpers import write_jsonl
+from tests.helpers import journal_records, write_jsonl
 
 PROMPTS = [{"prompt": "Name a fruit that is yellow."}, {"prompt": "What is 3 times 4?"},
            {"prompt": "Give a one-line tip for sleeping well."}]  # fmt: skip
@@ -25,7 +25,7 @@ policy:
 sampling:
   n: {n}
   max_tokens: 24
-batch_size: 2
+shard_size: 2
 judges:
   - type: ultrafeedback
   - type: pairwise
@@ -124,7 +124,7 @@ def test_judge_endpoint_down_names_it_and_keeps_finished_work(vllm_server, tmp_p
     s.close()
     out = tmp_path / "out"
     assert main(["generate", str(recipe(tmp_path, vllm_server.port)), "--out", str(out), "--limit", "1"]) == 0
-    shards = sorted((out / "generate").glob("shard-*.json"))
+    journal = journal_records(out)
     extra = f"""  - type: ultrafeedback
     name: remote
     judge:
@@ -137,5 +137,21 @@ def test_judge_endpoint_down_names_it_and_keeps_finished_work(vllm_server, tmp_p
     assert main(["run", str(path), "--out", str(out), "--limit", "1"]) == 2
     err = capsys.readouterr().err
     assert dead in err and err.strip().count("\n") == 0
-    assert sorted((out / "generate").glob("shard-*.json")) == shards
-    assert not (out / "binarized").exists()
+    assert journal_records(out) == journal  # finished completions kept, nothing re-sent or lost
+    assert "remote" not in (out / "build.json").read_text()  # the failed run built nothing
+
+
+def test_stage_error_is_one_line_without_prompt_text(vllm_server, tmp_path, capsys):
+    from tests.stubs import FaultProxy
+
+    secret_prompt = "Describe the purple elephant named Zanzibar-7."
+    with FaultProxy(vllm_server.base_url, lambda req, n: (500, {"error": {"message": "boom"}}, {})) as judge:
+        extra = (f"  - type: ultrafeedback\n    name: broken\n    judge:\n      endpoints:\n"
+                 f"        - base_url: {judge.base_url}\n          model: {vllm_server.model_name}\n"
+                 "client:\n  max_retries: 1\n  backoff_base_s: 0.01\n")  # fmt: skip
+        path = recipe(tmp_path, vllm_server.port, prompts=[{"prompt": secret_prompt}], n=2)
+        path.write_text(path.read_text().replace("binarize:", extra + "binarize:"))
+        assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and judge.base_url in err and "HTTP 500" in err
+    assert "Zanzibar" not in err and "elephant" not in err

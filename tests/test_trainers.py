@@ -96,9 +96,12 @@ def test_model_path_that_is_not_a_model(arith_dataset, tmp_path):
 
 
 def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
-    from flows.build import write_outputs
+    from flows.dataset.build import build
+    from flows.dataset.schema import uf_features
+    from flows.recipe import BinarizeSpec
 
-    write_outputs(tmp_path / "empty", [], [], [], 0.1)
+    (tmp_path / "empty").mkdir()
+    build(tmp_path / "empty", [], BinarizeSpec(), {}, uf_features([], []).arrow_schema, {})
     with pytest.raises(DataError, match="zero rows"):
         dpo.train(
             dpo.DPOTrainConfig(
@@ -109,18 +112,23 @@ def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
 
 
 def test_reward_model_judge_scores_a_second_round(small_reward_model, arith_dataset, tmp_path):
-    from flows.judge import judge_shard
-    from flows.recipe import JudgeSpec
-    from serving.client import ClientConfig, Endpoint
+    import asyncio
 
-    gen = next((arith_dataset / "generate").glob("shard-*.json"))
+    from flows.engine.stages import PromptJudge
+    from flows.prompts import PromptRow
+    from flows.recipe import JudgeSpec
+    from judges.reward_model import RewardModelJudge
+    from tests.helpers import uf_rows
+
     spec = JudgeSpec(type="reward_model", reward_model=str(small_reward_model))
-    unused = [Endpoint(base_url="http://127.0.0.1:9/v1", model="unused")]  # scored locally, no requests
-    path = judge_shard(str(gen), spec, unused, ClientConfig(), str(tmp_path), "x")
-    data = json.loads(Path(path).read_text())
-    assert data["requests"] == 0 and len(data["prompts"]) == 48
-    scores = [s for p in data["prompts"].values() for s in p["scores"]]
-    assert all(isinstance(s, float) for s in scores)
+    judge = PromptJudge(spec, None, RewardModelJudge(small_reward_model))  # scored locally, no requests
+    rows = uf_rows(arith_dataset)
+    assert len(rows) == 48
+    for r in rows:
+        p = PromptRow(prompt_id=r["prompt_id"], prompt=r["prompt"], messages=r["messages"])
+        data = asyncio.run(judge.judge(p, r["completions"]))
+        assert data["requests"] == 0 and data["sample_indices"] == [0, 1]
+        assert len(data["scores"]) == 2 and all(isinstance(s, float) for s in data["scores"])
 
 
 def test_train_cli_prints_metrics(tiny_model, arith_dataset, tmp_path, capsys):

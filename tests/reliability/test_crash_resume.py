@@ -12,23 +12,21 @@ import time
 from pathlib import Path
 
 from flows.cli import main
-from tests.helpers import write_jsonl
+from tests.helpers import journal_records, uf_rows, write_jsonl
 from tests.stubs import FaultProxy, chat_body
 
 PROMPTS = [{"prompt": f"Write one short sentence about the number {i}."} for i in range(8)]
 
 
-def rows_of(out: Path) -> list[dict]:
-    return [
-        r for s in sorted((out / "generate").glob("shard-*.json")) for r in json.loads(s.read_text())["rows"]
-    ]
+def keys_of(out: Path) -> list[tuple[str, int]]:
+    return [(r["prompt_id"], c["sample_index"]) for r in uf_rows(out) for c in r["completions"]]
 
 
 def recipe(tmp_path: Path, endpoint_block: str, extra: str = "") -> Path:
     data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
     p = tmp_path / "r.yaml"
     p.write_text(f"name: rel\nprompts:\n  path: {data}\npolicy:\n{endpoint_block}sampling:\n  n: 2\n"
-                 f"  max_tokens: 24\nbatch_size: 2\nclient:\n  max_retries: 1\n  backoff_base_s: 0.05\n{extra}")  # fmt: skip
+                 f"  max_tokens: 24\nshard_size: 2\nclient:\n  max_retries: 1\n  backoff_base_s: 0.05\n{extra}")  # fmt: skip
     return p
 
 
@@ -38,9 +36,9 @@ def test_server_dies_mid_generate_then_resume_exactly_once(vllm_server, tmp_path
              "      max_concurrency: 2\n")  # fmt: skip
     path, out = recipe(tmp_path, block), tmp_path / "out"
 
-    def killer() -> None:  # the "server" goes away once the first batch is on disk
-        while not list((out / "generate").glob("shard-*.json")):
-            time.sleep(0.05)
+    def killer() -> None:  # the "server" goes away once a few answers are journalled
+        while len(journal_records(out)) < 3:
+            time.sleep(0.02)
         proxy.stop()
 
     t = threading.Thread(target=killer)
@@ -49,16 +47,16 @@ def test_server_dies_mid_generate_then_resume_exactly_once(vllm_server, tmp_path
     t.join()
     err = capsys.readouterr().err
     assert code == 2 and proxy.base_url in err
-    finished = {(r["prompt_id"], r["sample_index"]) for r in rows_of(out)}
-    assert 0 < len(finished) < 16
+    finished = len(journal_records(out))
+    assert 3 <= finished < 16 and not (out / "build.json").exists()
 
     proxy.start()  # the server is back, same URL
     before = proxy.forwarded
     assert main(["generate", str(path), "--out", str(out)]) == 0
-    rows = rows_of(out)
-    keys = [(r["prompt_id"], r["sample_index"]) for r in rows]
+    keys = keys_of(out)
     assert len(keys) == len(set(keys)) == 16  # nothing lost, nothing duplicated
-    assert proxy.forwarded - before == 16 - len(finished)  # finished batches were not requested again
+    assert proxy.forwarded - before == 16 - finished  # journalled requests were not sent again
+    assert len({r["k"] for r in journal_records(out)}) == len(journal_records(out)) == 16
     proxy.stop()
 
 
@@ -69,16 +67,16 @@ def test_sigint_leaves_no_partial_shard_and_rerun_completes(vllm_server, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", str(path), "--out", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not list((out / "generate").glob("shard-*.json")) and time.monotonic() < deadline:
+    while len(journal_records(out)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    for shard in (out / "generate").glob("shard-*.json"):  # every shard that looks finished is complete
-        data = json.loads(shard.read_text())
-        assert len(data["rows"]) == 4 and {r["sample_index"] for r in data["rows"]} == {0, 1}
+    assert not (out / "build.json").exists()  # nothing that looks finished
+    for res in out.glob("shards/*/result-*.json"):  # a shard that looks finished is complete
+        assert json.loads(res.read_text())["completions"] == 4
     assert main(["generate", str(path), "--out", str(out)]) == 0
-    keys = [(r["prompt_id"], r["sample_index"]) for r in rows_of(out)]
+    keys = keys_of(out)
     assert len(keys) == len(set(keys)) == 16
 
 
@@ -117,3 +115,31 @@ def test_read_only_output_fails_before_any_model_call(vllm_server, tmp_path, cap
         assert proxy.calls == 0  # no model call was made
     err = capsys.readouterr().err
     assert "not writable" in err and str(target) in err
+
+
+def test_kill_9_mid_judge_resumes_per_request(vllm_server, tmp_path):
+    """kill -9 of `rlaif run` while judging; the re-run sends exactly what was not journalled."""
+    with FaultProxy(vllm_server.base_url) as proxy:
+        block = f"  endpoints:\n    - base_url: {proxy.base_url}\n      model: {vllm_server.model_name}\n"
+        extra = "judges:\n  - type: ultrafeedback\n    aspects: [helpfulness, honesty]\n    max_tokens: 96\n"
+        path, out = recipe(tmp_path, block, extra), tmp_path / "out"
+        env = {**os.environ, "RLAIF_PROGRESS": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(path), "--out", str(out)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 400
+        while len(journal_records(out, "judge:ultrafeedback")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        journalled = len(journal_records(out))
+        assert journal_records(out, "judge:ultrafeedback") and not (out / "build.json").exists()
+        before = proxy.forwarded
+        assert main(["run", str(path), "--out", str(out)]) == 0
+        resent = proxy.forwarded - before
+    total = 8 * 2 + 8 * 2  # 8 prompts x (2 completions + 2 aspects)
+    recs = journal_records(out)
+    assert len(recs) == len({r["k"] for r in recs}) == total  # every request recorded exactly once
+    assert resent == total - journalled  # journalled requests were never sent again
+    rows = uf_rows(out)
+    assert len(rows) == 8 and all(len(r["completions"]) == 2 for r in rows)
+    assert all(set(c["annotations"]) == {"helpfulness", "honesty"} for r in rows for c in r["completions"])

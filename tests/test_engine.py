@@ -1,0 +1,91 @@
+"""The stage engine's parts without a model: journal, prompt manifest, request replay, flow parameter size."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from flows.engine.journal import Journal
+from flows.engine.manifest import read_shard, write_manifest
+from flows.engine.recorded import RecordingClient, StageStats
+from flows.prompts import iter_prompts
+from serving.client import ChatResult, Choice, RequestRejected
+from tests.helpers import write_jsonl
+
+
+def test_journal_cuts_a_torn_tail_and_never_records_twice(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with Journal(path) as j:
+        j.append({"k": "a", "t": "one"})
+        j.append({"k": "b", "t": "two"})
+        j.append({"k": "a", "t": "again"})  # already done: ignored
+    with open(path, "ab") as f:
+        f.write(b'{"k": "c", "t": "kill -9 in the mid')  # a torn last line
+    with Journal(path) as j:
+        assert j.loaded == 2 and j.get("a")["t"] == "one" and j.get("c") is None
+        j.append({"k": "c", "t": "three"})
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["k"] for x in lines] == ["a", "b", "c"]
+
+
+def test_manifest_shards_prompts_and_passes_only_references(tmp_path):
+    rows = [{"prompt": f"Prompt number {i}: " + "lorem ipsum dolor sit amet " * 13} for i in range(1024)]
+    data = write_jsonl(tmp_path / "p.jsonl", rows + [{"prompt": ""}, rows[0]])
+    skipped: dict[str, int] = {}
+    man = write_manifest(iter_prompts(str(data), skipped=skipped), skipped, tmp_path / "run", 256, str(data))
+    assert man.prompts == 1024 and len(man.shards) == 4 and man.skipped == {"empty": 1, "duplicate": 1}
+    assert [p.prompt for p in read_shard(man.shards[1])][:1] == [rows[256]["prompt"].strip()]
+    again = write_manifest(iter_prompts(str(data)), {}, tmp_path / "run", 256, str(data))
+    assert again.sha256 == man.sha256  # content hash, stable
+
+    from flows.engine.plan import make_plan
+    from flows.engine.run import RunSpec
+    from flows.recipe import Recipe
+
+    recipe = Recipe.model_validate({"judges": [{"type": "ultrafeedback"}, {"type": "pairwise"}]})
+    eps = [recipe.policy.endpoint_list()] * 3
+    spec = RunSpec(manifest_path=man.path, manifest_sha256=man.sha256, plan=make_plan(recipe, tmp_path, eps))
+    params = len(spec.model_dump_json()) + len(recipe.model_dump_json())
+    assert params < 64 * 1024  # whatever the dataset size (Prefect caps flow parameters at 512 KB)
+
+
+class _Inner:
+    """Counts calls; answers, or refuses with a status."""
+
+    def __init__(self, status: int | None = None) -> None:
+        self.calls = 0
+        self.status = status
+
+    async def chat(self, messages, **params):  # noqa: ANN001, ANN003, ANN201
+        self.calls += 1
+        if self.status:
+            raise RequestRejected(f"HTTP {self.status} from http://x/v1", self.status)
+        return ChatResult(choices=[Choice(text="hi " + messages[0]["content"], finish_reason="stop")],
+                          prompt_tokens=3, completion_tokens=2)  # fmt: skip
+
+
+def test_recorded_client_replays_and_journals_only_permanent_rejections(tmp_path):
+    msgs = [{"role": "user", "content": "x"}]
+
+    def run(inner: _Inner, path: str = "j.jsonl") -> tuple[str | int, StageStats]:
+        stats = StageStats()
+        with Journal(tmp_path / path) as j:
+            client = RecordingClient(inner, j, "generate", "m", stats)
+            try:
+                return asyncio.run(client.chat(msgs, temperature=0.5, seed=1)).choices[0].text, stats
+            except RequestRejected as exc:
+                return exc.status, stats
+
+    inner = _Inner()
+    assert run(inner)[0] == "hi x" and inner.calls == 1
+    text, stats = run(inner)
+    assert text == "hi x" and inner.calls == 1 and stats.replayed == 1 and stats.sent == 0
+    too_long = _Inner(400)
+    assert run(too_long, "b.jsonl")[0] == 400 and run(too_long, "b.jsonl")[0] == 400 and too_long.calls == 1
+    bad_key = _Inner(401)  # fixing the key and re-running must retry: not journalled
+    with pytest.raises(RequestRejected):
+        with Journal(tmp_path / "c.jsonl") as j:
+            asyncio.run(RecordingClient(bad_key, j, "generate", "m", StageStats()).chat(msgs))
+    assert (tmp_path / "c.jsonl").read_text() == ""
