@@ -160,10 +160,19 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
                 results[k] = reason
         progress.advance("prompts")
 
-    async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest: no orphan requests
-        for k, p in enumerate(prompts):
-            tg.create_task(one(k, p))
+    try:
+        async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest: no orphan requests
+            for k, p in enumerate(prompts):
+                tg.create_task(one(k, p))
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None  # one error that names the endpoint, not a group traceback
     return results
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:

@@ -133,9 +133,9 @@ def test_kill_9_mid_judge_resumes_per_request(vllm_server, tmp_path):
         proc.wait(timeout=60)
         journalled = len(journal_records(out))
         assert journal_records(out, "judge:ultrafeedback") and not (out / "build.json").exists()
-        before = proxy.forwarded
+        before = proxy.calls  # counted on arrival: the killed run's in-flight ones are already in
         assert main(["run", str(path), "--out", str(out)]) == 0
-        resent = proxy.forwarded - before
+        resent = proxy.calls - before
     total = 8 * 2 + 8 * 2  # 8 prompts x (2 completions + 2 aspects)
     recs = journal_records(out)
     assert len(recs) == len({r["k"] for r in recs}) == total  # every request recorded exactly once
