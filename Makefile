@@ -39,10 +39,11 @@ test: setup lint
 	$(VENV)/bin/pytest -q tests
 
 bench: setup
-	$(PY) bench/generate_throughput.py
+	$(PY) bench/pipeline_vs_raw.py
 	$(PY) bench/judge_cost.py
 	$(PY) bench/train_throughput.py
-	$(PY) bench/scale_endpoints.py
+	$(PY) bench/client_speed.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf runs .pytest_cache

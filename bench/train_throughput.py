@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from common import bench_prompts
-from flows.build import write_outputs
 
 from flows.binarize import PairRow
 from trainers import dpo, reward
@@ -28,7 +27,17 @@ def dataset(folder: Path, n: int) -> Path:
                              rejected=[{"role": "assistant", "content": "I am not sure."}], score_chosen=5.0,
                              score_rejected=1.0, margin=4.0, chosen_model="a", rejected_model="b",
                              origin="judge", judge="bench"))  # fmt: skip
-    write_outputs(folder, [], pairs, [], 0.1)
+    import datasets
+
+    from flows.dataset.schema import binarized_features
+
+    rows = [{**p.model_dump(), "messages": p.prompt + p.chosen} for p in pairs]
+    cut = max(1, len(rows) // 10)
+    feats = binarized_features()
+    datasets.DatasetDict({
+        "train_prefs": datasets.Dataset.from_list(rows[cut:], features=feats),
+        "test_prefs": datasets.Dataset.from_list(rows[:cut], features=feats),
+    }).save_to_disk(str(folder / "binarized"))  # fmt: skip
     return folder
 
 
