@@ -65,10 +65,12 @@ def timeout_for(n: int) -> float:
 
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the process group of `proc` (started with start_new_session) and every descendant."""
-    try:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        kids = []
+    kids = []
+    if proc.poll() is None:  # a reaped pid may belong to someone else by now
+        try:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -149,13 +151,12 @@ class Bench:
             rc = proc.wait(timeout=max(1.0, timeout_for(n) - (time.monotonic() - t0)))
         except subprocess.TimeoutExpired:
             kill_tree(proc)
+            CHILDREN.remove(proc)
             raise RuntimeError(
                 f"rlaif run of {n} prompts passed {timeout_for(n):.0f} s; killed (log {log})"
             ) from None
-        finally:
-            if proc in CHILDREN:
-                CHILDREN.remove(proc)
         kill_tree(proc)  # leftovers of a finished run (a server that outlived it), if any
+        CHILDREN.remove(proc)  # only now: on Ctrl-C/SIGTERM above, cleanup() still finds it
         if rc != 0:
             tail = [line[:300] for line in log.read_text(errors="replace").splitlines()[-5:]]
             raise RuntimeError(f"rlaif run of {n} prompts exited {rc} (log {log}):\n  " + "\n  ".join(tail))
@@ -224,24 +225,26 @@ def resume(b: Bench, n: int, kill_at: float) -> None:
     b.stub.reset()
     t0 = time.monotonic()
     proc = b.start(recipe, out, log)
-    at_kill: dict[str, int] | None = None
+    before: dict[str, int] | None = None  # the stub's counts at the last poll before the kill
     while proc.poll() is None and time.monotonic() - t0 < timeout_for(n):
         st = b.stub.stats()
         if st["answered"] >= half:
             kill_tree(proc)
-            at_kill = b.stub.stats()
+            before = st
             break
         time.sleep(0.05)
-    if proc in CHILDREN:
-        CHILDREN.remove(proc)
-    if at_kill is None:
-        kill_tree(proc)
+    kill_tree(proc)
+    CHILDREN.remove(proc)
+    if before is None:
         raise RuntimeError(f"resume: rlaif run ended (rc {proc.returncode}) before {half} answered requests")
     time.sleep(0.5)
     settled = b.stub.stats()
-    print(f"# killed -9 after {time.monotonic() - t0:.1f}s: stub received {at_kill['received']}, "
-          f"answered {at_kill['answered']} (in flight at the stub {at_kill['received'] - at_kill['answered']}); "
-          f"re-sent within the interrupted run {settled['resent']}", flush=True)  # fmt: skip
+    journalled = sum(f.read_bytes().count(b"\n") for f in out.glob("shards/*/journal.jsonl"))
+    print(f"# killed -9 after {time.monotonic() - t0:.1f}s; at the last poll the stub had received "
+          f"{before['received']}, answered {before['answered']} ({before['received'] - before['answered']} "
+          f"in flight); in all it received {settled['received']}, the journals hold {journalled} "
+          f"(sent but not journalled: {settled['received'] - journalled}); re-sent within the interrupted "
+          f"run {settled['resent']}", flush=True)  # fmt: skip
     r = b.run(n, out, fresh=False)
     print(f"# resumed run: {r['engine'].get('requests')} requests sent in {r['wall_s']:.1f}s "
           f"(stub received {r['stub_received']}); interrupted + resumed = "

@@ -18,7 +18,15 @@ from flows.dataset.build import BuildResult, ShardFiles, build, provenance, sum_
 from flows.endpoints import live_endpoints
 from flows.engine.manifest import Manifest, write_manifest
 from flows.engine.plan import make_plan
-from flows.engine.run import EngineResult, RunSpec, dask_share, peak_rss_mb, run_shards, task_runner
+from flows.engine.run import (
+    EngineResult,
+    RunSpec,
+    api_for_workers,
+    dask_share,
+    peak_rss_mb,
+    run_shards,
+    task_runner,
+)
 from flows.prompts import iter_prompts, resolve_path
 from flows.recipe import Recipe
 from flows.shards import check_writable, write_json
@@ -100,7 +108,8 @@ def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> R
         )  # fmt: skip
         spec.plan.concurrency_share = dask_share(spec)
         flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
-        summary = flow_fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution)
+        with api_for_workers(spec):
+            summary = flow_fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution)
     if recipe.train is not None:
         from flows.train import train_after_build
 

@@ -143,6 +143,18 @@ class TrainSpec(_Strict):
         return self
 
 
+EXECUTION_FIELDS = {
+    "task_runner",
+    "dask_address",
+    "dask_workers",
+    "shards_in_flight",
+    "prompts_in_flight",
+    "shard_size",
+    "client",
+    "output",
+}
+
+
 class Recipe(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -183,7 +195,9 @@ class Recipe(_Strict):
         return spec or self.policy
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """Hash of what shapes the data; how it is executed (runner, shard sizes, client) is left out,
+        so the same data made on threads or on Dask carries the same provenance."""
+        return hashlib.sha256(self.model_dump_json(exclude=EXECUTION_FIELDS).encode()).hexdigest()
 
     def output_dir(self, date: str | None = None) -> Path:
         import datetime as dt

@@ -6,8 +6,11 @@ size); each task receives a `ShardRef` and the `ShardPlan`.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,28 @@ def task_runner(spec: RunSpec) -> Any:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=spec.shards_in_flight)
+
+
+@contextmanager
+def api_for_workers(spec: RunSpec) -> Iterator[None]:
+    """Dask worker processes must report to the same Prefect API as this process. Without
+    PREFECT_API_URL, start the temporary local server here and hand its URL to the workers (they
+    inherit the environment); otherwise each worker would start a server of its own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if spec.task_runner != "dask" or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def dask_share(spec: RunSpec) -> float:
