@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "generate", help="generate completions for a recipe's prompts",
-        description="Generate `sampling.n` completions per prompt with the recipe's policy; one shard per "
-        "batch under OUT/generate/. Finished batches are never requested again.",
+        description="Generate `sampling.n` completions per prompt with the recipe's policy (no judges) and "
+        "build OUT/ultrafeedback with them. Every answer is journalled under OUT/shards/: a re-run sends "
+        "only what is missing, and a later `rlaif run` into the same folder reuses these completions.",
     )  # fmt: skip
     _recipe_args(p)
     p.set_defaults(fn=cmd_generate)
