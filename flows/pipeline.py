@@ -108,6 +108,7 @@ def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> R
         )  # fmt: skip
         spec.plan.concurrency_share = dask_share(spec)
         flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
+        tune_gc()
         with api_for_workers(spec):
             summary = flow_fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution)
     if recipe.train is not None:

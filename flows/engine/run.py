@@ -151,6 +151,16 @@ def run_shards(spec: RunSpec) -> EngineResult:
     return res
 
 
+def tune_gc() -> None:
+    """Full collections over the millions of long-lived objects that imports leave (torch, datasets,
+    Prefect) stalled the event loop ~0.3 s every ~1.2 s at 900 req/s: freeze them, collect less often."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
