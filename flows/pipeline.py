@@ -26,6 +26,7 @@ from flows.engine.run import (
     peak_rss_mb,
     run_shards,
     task_runner,
+    tune_gc,
 )
 from flows.prompts import iter_prompts, resolve_path
 from flows.recipe import Recipe
