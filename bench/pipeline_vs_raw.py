@@ -21,9 +21,10 @@ from pathlib import Path
 
 from common import MT_BENCH, ROOT, bench_prompts
 
-from flows.engine.stages import PromptCritic, PromptJudge, generate
-from flows.recipe import CritiqueSpec, JudgeSpec, Sampling
+from flows.engine.stages import PromptCritic, generate
+from flows.recipe import CritiqueSpec, Sampling
 from judges.constitution import load_constitution
+from judges.registry import make_judge, parse_judge_config
 from serving.client import ClientConfig, Endpoint, LLMClient
 from serving.vllm import VllmServer
 
@@ -46,14 +47,15 @@ async def raw(ep: Endpoint, prompts: list, n: int) -> tuple[float, int]:
     """Stage by stage with barriers, as a script over the OpenAI API would do it."""
     client = LLMClient([ep], ClientConfig())
     sampling = Sampling(n=n, max_tokens=96, temperature=0.8, seed=0)
-    judges = [PromptJudge(JudgeSpec(type="ultrafeedback", max_tokens=512), client),
-              PromptJudge(JudgeSpec(type="pairwise", max_tokens=64), client)]  # fmt: skip
+    judges = [make_judge(parse_judge_config({"type": "ultrafeedback", "max_tokens": 512}), client),
+              make_judge(parse_judge_config({"type": "pairwise", "max_tokens": 64}), client)]  # fmt: skip
     critic = PromptCritic(CritiqueSpec(constitution="harmless", max_tokens=96),
                           load_constitution(ROOT / "constitutions" / "harmless.yaml"), client)  # fmt: skip
     t0 = time.monotonic()
     gens = await asyncio.gather(*(generate(client, p, ep.model, sampling) for p in prompts))
     ok = [(p, comps) for p, (comps, reason) in zip(prompts, gens) if reason is None]
-    await asyncio.gather(*(j.judge(p, comps) for p, comps in ok for j in judges))
+    await asyncio.gather(*(j.judge(p.prompt_id, p.prompt, [c["response"] for c in comps], p.messages)
+                           for p, comps in ok for j in judges))  # fmt: skip
     await asyncio.gather(*(critic.run(p, comps) for p, comps in ok))
     span = time.monotonic() - t0
     requests = client.counters.requests

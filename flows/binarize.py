@@ -67,9 +67,11 @@ def candidate_pairs(
         return out, ties
     best = max(idx, key=lambda i: (s[i], -i))
     if rule == "best-vs-worst":
-        worst = min(idx, key=lambda i: (s[i], i))
+        # The lowest-scored of the others (lowest index on ties). Excluding `best` matters only when
+        # every score ties: `min` over all of idx would then pick `best` itself and lose the pair.
+        worst = min((i for i in idx if i != best), key=lambda i: (s[i], i))
         if s[worst] == s[best]:
-            return ([(best, worst)] if keep_ties and worst != best else []), 1
+            return ([(best, worst)] if keep_ties else []), 1
         return [(best, worst)], 0
     lower = [i for i in idx if s[i] < s[best]]
     if not lower:

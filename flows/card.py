@@ -96,12 +96,7 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
     lines += ["## Judges", "", "| judge | type | model | requests | parse failures | quality |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for key, f in build.judges.items():
-        if f["type"] == "pairwise":
-            pc, tr = f.get("position_consistency"), f.get("tie_rate")
-            q = (f"position consistency {pc:.2f}, tie rate {tr:.2f} over {f['comparisons']} comparisons"
-                 if pc is not None else "no comparisons")  # fmt: skip
-        else:
-            q = f"{f.get('ratings', 0)} ratings, {f.get('null_ratings', 0)} null"
+        q = f.get("quality", "")
         lines.append(f"| {key} | {f['type']} | {f['model']} | {f['requests']} | "
                      f"{f['parse_failures']} | {q} |")  # fmt: skip
     lines.append("")

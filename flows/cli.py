@@ -6,7 +6,6 @@ Every error a user can cause prints one line (`rlaif: error: ...`) and exits wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -114,8 +113,10 @@ def closing_table(summary) -> str:  # noqa: ANN001 - a RunSummary
         if b.constitution_pairs:
             rows.append(("pairs from the constitution", str(b.constitution_pairs)))
         for key, f in b.judges.items():
-            if f["type"] == "pairwise" and f.get("position_consistency") is not None:
-                rows.append((f"judge {key}: position consistency", f"{f['position_consistency']:.2f}"))
+            for label, value in (f.get("headline") or {}).items():
+                rows.append(
+                    (f"judge {key}: {label}", f"{value:.2f}" if isinstance(value, float) else str(value))
+                )
             rows.append((f"judge {key}: parse failures", str(f["parse_failures"])))
     for name, st in summary.stages.items():
         tps = (
@@ -215,10 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         print("rlaif: interrupted; finished shards are kept, re-run the same command to resume",
               file=sys.stderr)  # fmt: skip
         return 130
-
-
-def print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=None, default=str))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from pydantic import BaseModel
 from flows.endpoints import live_endpoints
 from flows.prompts import PromptRow, load_prompts
 from flows.recipe import Recipe, ServedModel, load_recipe
-from judges.pairwise import PairwiseJudge
-from serving.client import ClientConfig, LLMClient, run_sync, shared_client
+from judges.pairwise import PairwiseConfig
+from judges.registry import make_judge
+from serving.client import ClientConfig, run_sync, shared_client
 from serving.models import DEFAULT_MODEL
 
 
@@ -61,15 +62,19 @@ def eval_policy(
     cfg = recipe.client
     a = answers(model, port, prompts, max_tokens, cfg)
     b = answers(baseline, port, prompts, max_tokens, cfg)
-    spec = next((j for j in recipe.judges if j.type == "pairwise"), None)
-    judge_served = recipe.judge_endpoint(spec.judge if spec else None)
+    config = recipe.judges[0] if recipe.judges else PairwiseConfig()
+    judge_served = recipe.judge_endpoint(config.judge)
     with live_endpoints(judge_served) as (eps,):
-        client: LLMClient = shared_client(eps, cfg)
-        judge = PairwiseJudge(client)
+        judge = make_judge(config, shared_client(eps, cfg))
+
+        async def both(prompt: str, x: str, y: str) -> str:  # x = A's answer; both orders must agree
+            f, r = await asyncio.gather(judge.prefer(prompt, x, y), judge.prefer(prompt, y, x))
+            pick_f = {"first": "x", "second": "y"}.get(f.winner or "")
+            pick_r = {"first": "y", "second": "x"}.get(r.winner or "")
+            return pick_f if pick_f is not None and pick_f == pick_r else "tie"
 
         async def go() -> list[str]:
-            res = await asyncio.gather(*(judge.compare(p.prompt, x, y) for p, x, y in zip(prompts, a, b)))
-            return [v.winner for v in res]
+            return list(await asyncio.gather(*(both(p.prompt, x, y) for p, x, y in zip(prompts, a, b))))
 
         winners = run_sync(go)
     wins, losses = winners.count("x"), winners.count("y")

@@ -1,17 +1,14 @@
-"""`rlaif judge-eval`: measure a judge on human-labelled pairs (accuracy, position consistency)."""
+"""`rlaif judge-eval`: measure any registered judge on human-labelled pairs, each shown in both orders."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from judges.pairwise import PairwiseJudge
-from judges.ultrafeedback import UltraFeedbackJudge
-from serving.client import LLMClient
+from judges.contract import Judge, Preference
 from serving.errors import DataError
 
 
@@ -22,10 +19,15 @@ class LabelledPair(BaseModel):
 
 
 class JudgeEval(BaseModel):
+    """A judge on labelled pairs. A pair counts as won only when both orders pick `chosen`; a
+    disagreement between the orders is a tie (half a point)."""
+
     n: int
     accuracy: float | None
-    position_consistency: float | None
+    position_consistency: float | None  # share of pairs where both orders pick the same answer
     tie_rate: float | None
+    p_first: float | None = None  # share of decided single-order verdicts won by the answer shown first
+    soft_accuracy: float | None = None  # mean P(chosen better) from logprobs, both orders averaged
     parse_failures: int
     judge: str
 
@@ -53,51 +55,34 @@ def load_pairs(path: Path) -> list[LabelledPair]:
     return out
 
 
-async def evaluate(client: LLMClient, pairs: list[LabelledPair], kind: str, seed: int = 0) -> JudgeEval:
-    """Each pair shown in a random order; both orders judged to measure position consistency."""
-    rng = random.Random(seed)
-    flips = [rng.random() < 0.5 for _ in pairs]
+async def evaluate(judge: Judge, pairs: list[LabelledPair]) -> JudgeEval:
+    """Every pair judged in both orders (chosen shown first, then rejected shown first)."""
 
-    if kind == "pairwise":
-        judge = PairwiseJudge(client)
+    async def one(p: LabelledPair) -> tuple[Preference, Preference]:
+        return await asyncio.gather(judge.prefer(p.prompt, p.chosen, p.rejected),
+                                    judge.prefer(p.prompt, p.rejected, p.chosen))  # fmt: skip
 
-        async def one(p: LabelledPair, flip: bool) -> tuple[float, bool, bool, int]:
-            x, y = (p.rejected, p.chosen) if flip else (p.chosen, p.rejected)
-            v = await judge.compare(p.prompt, x, y)
-            chosen_side = "y" if flip else "x"
-            score = 0.5 if v.winner == "tie" else float(v.winner == chosen_side)
-            return score, v.consistent, v.winner == "tie", v.parse_failures
-
-    else:
-        uf = UltraFeedbackJudge(client, max_tokens=256)
-
-        async def one(p: LabelledPair, flip: bool) -> tuple[float, bool, bool, int]:
-            shown = [p.rejected, p.chosen] if flip else [p.chosen, p.rejected]
-            a, b = await asyncio.gather(uf.judge("eval-a", p.prompt, shown),
-                                        uf.judge("eval-b", p.prompt, shown[::-1]))  # fmt: skip
-            sa = [c.fine_grained_score for c in a.completions]
-            sb = [c.fine_grained_score for c in b.completions][::-1]
-            fails = a.parse_failures + b.parse_failures
-
-            def pref(s: list[float | None]) -> int | None:  # index preferred, None = tie/unknown
-                if None in s or s[0] == s[1]:
-                    return None
-                return 0 if s[0] > s[1] else 1  # type: ignore[operator]
-
-            pa, pb = pref(sa), pref(sb)
-            consistent = pa is not None and pa == pb
-            winner = pa if consistent else None
-            chosen_idx = 1 if flip else 0
-            score = 0.5 if winner is None else float(winner == chosen_idx)
-            return score, consistent, winner is None, fails
-
-    results = await asyncio.gather(*(one(p, f) for p, f in zip(pairs, flips)))
+    results = await asyncio.gather(*(one(p) for p in pairs))
     n = len(results)
+    score = consistent = ties = firsts = decided = 0.0
+    soft: list[float] = []
+    for a, b in results:  # a: chosen shown first; b: rejected shown first
+        pick_a = {"first": "chosen", "second": "rejected"}.get(a.winner or "")
+        pick_b = {"first": "rejected", "second": "chosen"}.get(b.winner or "")
+        agree = pick_a is not None and pick_a == pick_b
+        consistent += agree
+        ties += not agree
+        score += (pick_a == "chosen") if agree else 0.5
+        for v in (a, b):
+            if v.winner in ("first", "second"):
+                decided += 1
+                firsts += v.winner == "first"
+        probs = [x for x in (a.p_first, None if b.p_first is None else 1 - b.p_first) if x is not None]
+        if probs:
+            soft.append(sum(probs) / len(probs))
     return JudgeEval(
-        n=n,
-        accuracy=sum(r[0] for r in results) / n,
-        position_consistency=sum(r[1] for r in results) / n,
-        tie_rate=sum(r[2] for r in results) / n,
-        parse_failures=sum(r[3] for r in results),
-        judge=kind,
-    )
+        n=n, accuracy=score / n, position_consistency=consistent / n, tie_rate=ties / n,
+        p_first=firsts / decided if decided else None,
+        soft_accuracy=sum(soft) / len(soft) if soft else None,
+        parse_failures=sum(a.parse_failures + b.parse_failures for a, b in results), judge=judge.type,
+    )  # fmt: skip

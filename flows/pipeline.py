@@ -31,6 +31,7 @@ from flows.engine.run import (
 from flows.prompts import iter_prompts, resolve_path
 from flows.recipe import Recipe
 from flows.shards import check_writable, write_json
+from judges.registry import make_judge
 from serving.client import total_counters
 
 
@@ -157,21 +158,20 @@ def pipeline_stages(recipe: Recipe, spec: RunSpec, out: str, constitution: Any =
     eng = run_shards(spec)
     summary = RunSummary(name=recipe.name, out_dir=out, stages=stage_results(eng))
     tallies = sum_tallies({k: v for k, v in s.judges.items()} for s in eng.shards)
+    figures: dict[str, dict[str, Any]] = {}
     for j in spec.plan.judges:
-        tallies.setdefault(j.spec.key, {"type": j.spec.type})
-        tallies[j.spec.key]["model"] = (
-            j.spec.reward_model if j.spec.type == "reward_model" else j.endpoints[0].model
-        )
-    types = {j.spec.key: j.spec.type for j in spec.plan.judges}
+        judge = make_judge(j.spec)
+        t = tallies.setdefault(j.spec.key, {})
+        t["type"], t["model"] = judge.type, judge.model_name([e.model for e in j.endpoints])
+        figures[j.spec.key] = {"type": t["type"], "model": t["model"], **judge.figures(t)}
     t_build = time.monotonic()
     prov = provenance(recipe, tallies, constitution.sha256 if constitution else None)
     files = [
         ShardFiles(rows_path=s.rows_path, cpairs_path=s.cpairs_path, fingerprint=s.fingerprint)
         for s in eng.shards
     ]
-    built, plot = build(
-        out_dir, files, recipe.binarize, types, spec.plan.uf_features().arrow_schema, prov, tallies
-    )
+    built, plot = build(out_dir, files, recipe.binarize, spec.plan.score_key(recipe.binarize.score),
+                        spec.plan.uf_features().arrow_schema, prov, figures)  # fmt: skip
     summary.stages["build"] = StageResult(
         stage="build", rows=sum(built.pairs.values()), wall_s=time.monotonic() - t_build
     )
@@ -231,9 +231,9 @@ def publish_artifacts(summary: RunSummary) -> None:
                   f"{r['tokens_per_s']} | {r['wall_s']} | {r['skipped'] or ''} |")  # fmt: skip
     if summary.build:
         for key, f in summary.build.judges.items():
-            md.append(f"\n- judge `{key}` ({f['type']}): parse failures {f['parse_failures']}"
-                      + (f", position consistency {f.get('position_consistency')}"
-                         if f["type"] == "pairwise" else ""))  # fmt: skip
+            md.append(
+                f"\n- judge `{key}` ({f['type']}): parse failures {f['parse_failures']}; {f.get('quality', '')}"
+            )
     key = "".join(ch if ch.isalnum() else "-" for ch in summary.name.lower())
     create_markdown_artifact("\n".join(md), key=f"rlaif-{key}-summary", description="rlaif run")
     create_table_artifact(table, key=f"rlaif-{key}-stages", description="per-stage figures")

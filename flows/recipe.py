@@ -20,11 +20,12 @@ from pydantic import (
     model_validator,
 )
 
-from serving.client import ClientConfig, Endpoint
-from serving.config_files import describe_error, load_model
+from judges.contract import JudgeConfig
+from judges.registry import AnyJudgeConfig
+from serving.client import ClientConfig
+from serving.config_files import describe_error, field_error, load_model
 from serving.errors import ConfigError
-from serving.models import DEFAULT_MODEL, served_name
-from serving.vllm import DEFAULT_PORT
+from serving.served import ServedModel, check_model_ref
 
 _HINT = "recipes/demo.yaml shows every field"
 
@@ -44,66 +45,12 @@ class PromptSource(_Strict):
     max_prompt_chars: int = Field(default=8000, ge=1, description="longer prompts are skipped")
 
 
-class ServedModel(_Strict):
-    """A model behind one or more OpenAI-compatible endpoints, or `local` (the embedded vLLM)."""
-
-    model: str = Field(default=DEFAULT_MODEL, description="model name, local folder or hub id")
-    endpoints: Literal["local"] | list[Endpoint] = Field(default="local")
-    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="port of the local server")
-    max_concurrency: int = Field(default=32, ge=1, description="in-flight requests (local)")
-    max_model_len: int = Field(default=2048, ge=128)
-    trust_remote_code: bool = Field(default=False, description="let vLLM run the model repo's own code")
-
-    @property
-    def is_local(self) -> bool:
-        return self.endpoints == "local"
-
-    def endpoint_list(self) -> list[Endpoint]:
-        if self.endpoints == "local":
-            return [
-                Endpoint(
-                    base_url=f"http://127.0.0.1:{self.port}/v1",
-                    model=served_name(self.model),
-                    max_concurrency=self.max_concurrency,
-                )
-            ]
-        return list(self.endpoints)
-
-    def display_name(self) -> str:
-        return served_name(self.model) if self.is_local else self.endpoint_list()[0].model
-
-
 class Sampling(_Strict):
     n: int = Field(default=4, ge=1, le=64, description="completions per prompt")
     temperature: float = Field(default=0.8, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=128, ge=1)
     seed: int | None = Field(default=0, description="base seed; batch i uses seed + i")
-
-
-class JudgeSpec(_Strict):
-    type: Literal["ultrafeedback", "pairwise", "reward_model"] = "ultrafeedback"
-    name: str | None = Field(default=None, description="column prefix; defaults to the type")
-    judge: ServedModel | None = Field(default=None, description="defaults to the policy endpoint")
-    aspects: list[str] | None = Field(default=None, description="UltraFeedback aspects subset")
-    max_tokens: int = Field(default=512, ge=16)
-    temperature: float = Field(default=0.0, ge=0)
-    structured: bool = Field(default=True, description="force JSON with response_format")
-    logprobs: bool = Field(default=True, description="pairwise: soft preference from logprobs")
-    seed: int = 0
-    reward_model: str | None = Field(
-        default=None, description="reward_model: folder from `rlaif train reward`"
-    )
-
-    @model_validator(mode="after")
-    def _needs_reward_model(self) -> JudgeSpec:
-        if self.type == "reward_model" and not self.reward_model:
-            raise ValueError("a judge of type reward_model needs `reward_model: <folder>`")
-        return self
-
-    @property
-    def key(self) -> str:
-        return self.name or self.type
 
 
 class BinarizeSpec(_Strict):
@@ -125,16 +72,21 @@ class CritiqueSpec(_Strict):
 
 
 class TrainSpec(_Strict):
+    """Overrides for the method's trainer config (trainers/<method>.py); a field left out keeps the
+    trainer's own default."""
+
     method: Literal["sft", "dpo", "reward", "ppo"] = "dpo"
     model: str | None = Field(default=None, description="defaults to the policy model")
-    max_steps: int = Field(default=4, ge=1)
-    batch_size: int = Field(default=2, ge=1)
-    learning_rate: float = Field(default=5e-6, gt=0)
-    max_length: int = Field(default=256, ge=16)
-    beta: float = Field(default=0.1, gt=0)
-    lora: bool = False
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    max_length: int | None = Field(default=None, ge=16)
+    beta: float | None = Field(default=None, gt=0, description="dpo: KL strength")
+    lora: bool | None = None
     trust_remote_code: bool = False
     reward_model: str | None = Field(default=None, description="ppo: folder from `rlaif train reward`")
+
+    _models_exist = field_validator("model", "reward_model")(check_model_ref)
 
     @model_validator(mode="after")
     def _ppo_needs_reward_model(self) -> TrainSpec:
@@ -177,19 +129,30 @@ class Recipe(_Strict):
     task_runner: Literal["threads", "dask"] = "threads"
     dask_address: str | None = Field(default=None, description="scheduler address; else a local cluster")
     dask_workers: int = Field(default=2, ge=1, description="worker processes of the local Dask cluster")
-    judges: list[JudgeSpec] = Field(default_factory=list)
+    judges: list[AnyJudgeConfig] = Field(default_factory=list)
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     critique: CritiqueSpec | None = None
     train: TrainSpec | None = None
 
     @field_validator("judges")
     @classmethod
-    def _unique_judges(cls, judges: list[JudgeSpec]) -> list[JudgeSpec]:
+    def _unique_judges(cls, judges: list[JudgeConfig]) -> list[JudgeConfig]:
         keys = [j.key for j in judges]
         dup = {k for k in keys if keys.count(k) > 1}
         if dup:
             raise ValueError(f"judge names must be unique; repeated: {sorted(dup)} (set `name:`)")
         return judges
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> Recipe:
+        keys = [j.key for j in self.judges]
+        if self.binarize.score is not None and self.binarize.score not in keys:
+            raise field_error(("binarize", "score"), f"{self.binarize.score!r} names no judge; "
+                              f"choose from {keys} (a judge's `name:`, else its type)")  # fmt: skip
+        if self.train is not None and self.train.model is None and not self.policy.is_local:
+            raise field_error(("train", "model"), "the policy is an external endpoint, so name the local "
+                              "model folder to train (its weights are not on this machine)")  # fmt: skip
+        return self
 
     def judge_endpoint(self, spec: ServedModel | None) -> ServedModel:
         return spec or self.policy

@@ -36,13 +36,18 @@ def read_json(path: Path) -> Any:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before any model call when the output folder cannot be written."""
+    """Fail before any model call when the output folder cannot be written (creates nothing)."""
     from serving.errors import ConfigError
 
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+    target = folder.expanduser().absolute()
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise ConfigError(f"output folder {folder} is not writable: {existing} is not a folder (set --out)")
+    try:  # a probe file in the nearest existing folder (os.access says yes to root on read-only mounts)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=existing)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise ConfigError(f"output folder {folder} is not writable: {exc.strerror} (set --out)") from None
+        raise ConfigError(
+            f"output folder {folder} is not writable: {exc.strerror} on {existing} (set --out)"
+        ) from None

@@ -10,8 +10,6 @@ from prefect import flow
 from flows.recipe import Recipe
 from serving.errors import ConfigError
 
-METHODS = ("sft", "dpo", "reward", "ppo")
-
 
 def train_method(method: str, **fields: Any) -> Path:
     """Build the method's config from `fields` (None values dropped) and train; returns the folder."""

@@ -80,19 +80,75 @@ def scan_ratings(text: str) -> list[int]:
 def choice_probability(
     logprobs: list[dict[str, Any]] | None, options: tuple[str, str] = ("A", "B")
 ) -> float | None:
-    """P(options[0]) / (P(a) + P(b)) at the first generated token that is one of the options."""
+    """P(options[0]) / (P(a) + P(b)) read at the token where the verdict value starts.
+
+    The generated text is rebuilt from the logprob tokens. In a JSON answer the verdict value starts
+    after the top-level `"verdict"` key, its `:` and the opening `"`, whatever the key order; in a
+    bare answer (`A`, `(A)`, `"B"`) it is the first token with any content. Options found elsewhere
+    (a rationale, a key) are never read. At that position the options' probabilities are summed
+    over `top_logprobs` (also when the chosen token is another one, e.g. `tie`). None when there is
+    no verdict position or neither option is among the alternatives there.
+    """
     if not logprobs:
         return None
-    for entry in logprobs:
-        tok = str(entry.get("token", "")).strip().strip('"(').strip()
-        if tok not in options:
-            continue
-        probs = {o: 0.0 for o in options}
-        tops = entry.get("top_logprobs") or [{"token": entry["token"], "logprob": entry["logprob"]}]
-        for top in tops:
-            t = str(top.get("token", "")).strip().strip('"(').strip()
-            if t in probs:
-                probs[t] += math.exp(float(top["logprob"]))
-        total = sum(probs.values())
-        return probs[options[0]] / total if total > 0 else None
-    return None
+
+    def norm(token: Any) -> str:
+        return str(token).strip().strip('"():,{}*').strip()
+
+    tokens = [str(e.get("token", "")) for e in logprobs]
+    text = "".join(tokens)
+
+    def json_verdict_start() -> int | None:
+        """Offset of the value of a depth-1 "verdict" key (last one, as json.loads keeps), or None."""
+        found, depth = None, 0
+        i = text.find("{")
+        if i == -1:
+            return None
+        while i < len(text):
+            ch = text[i]
+            if ch in "{[":
+                depth += 1
+            elif ch in "}]":
+                depth -= 1
+            elif ch == '"':
+                j = i + 1
+                while j < len(text) and text[j] != '"':
+                    j += 2 if text[j] == "\\" else 1
+                if j >= len(text):
+                    break  # truncated inside a string
+                key, i = text[i + 1 : j], j
+                k = j + 1
+                while k < len(text) and text[k].isspace():
+                    k += 1
+                if depth == 1 and key == "verdict" and k < len(text) and text[k] == ":":
+                    k += 1
+                    while k < len(text) and text[k].isspace():
+                        k += 1
+                    if k < len(text):
+                        found = k + 1 if text[k] == '"' else k
+            i += 1
+        return found
+
+    pos = json_verdict_start()
+    starts = [0]
+    for t in tokens:
+        starts.append(starts[-1] + len(t))
+    if pos is not None:  # the token that holds the verdict value's first character
+        at = next((k for k in range(len(tokens)) if starts[k] <= pos < starts[k + 1]), None)
+    elif "{" in text:
+        return None  # JSON without a readable verdict: no position to read
+    else:  # a bare answer: its first token with content
+        at = next((k for k, t in enumerate(tokens) if norm(t)), None)
+    if at is None:
+        return None
+    entry = logprobs[at]
+    tops = list(entry.get("top_logprobs") or [])
+    if not any(str(t.get("token", "")) == tokens[at] for t in tops) and "logprob" in entry:
+        tops.append({"token": tokens[at], "logprob": entry["logprob"]})  # the chosen token
+    probs = {o: 0.0 for o in options}
+    for top in tops:
+        t = norm(top.get("token", ""))
+        if t in probs:
+            probs[t] += math.exp(float(top["logprob"]))
+    total = sum(probs.values())
+    return probs[options[0]] / total if total > 0 else None

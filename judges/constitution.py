@@ -68,9 +68,6 @@ class Constitution(_Strict):
         self.version = str(self.version)
         return self
 
-    def principle(self, pid: str) -> Principle:
-        return next(p for p in self.principles if p.id == pid)
-
     def provenance(self) -> dict[str, str]:
         return {"name": self.name, "version": str(self.version), "path": self.path, "sha256": self.sha256}
 

@@ -7,12 +7,14 @@ P(first is better) is read from the verdict token and averaged over both orders.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from judges.base import choice_probability, clip, parse_json_object, render
-from serving.client import LLMClient, RequestRejected
+from judges.contract import Judge, JudgeConfig, Judgement, Preference, VerdictRow, add
+from serving.client import RequestRejected
 
 Verdict = Literal["A", "B", "tie"]
 
@@ -87,42 +89,46 @@ def combine(forward: OrderedVerdict, backward: OrderedVerdict) -> PairVerdict:
     )
 
 
-class PairwiseJudge:
-    """Compares two responses in both orders."""
+class PairwiseConfig(JudgeConfig):
+    type: Literal["pairwise"] = "pairwise"
+    max_tokens: int = Field(default=128, ge=16)
+    structured: bool = Field(default=True, description="force the JSON verdict with response_format")
+    logprobs: bool = Field(default=True, description="soft preference from the verdict's logprobs")
 
+
+class PairwiseJudge(Judge):
+    """Compares every two completions of a prompt, each pair in both orders."""
+
+    type = "pairwise"
+    config_class = PairwiseConfig
+    templates = ("pairwise.jinja2",)
     template = "pairwise.jinja2"
 
-    def __init__(
-        self,
-        client: LLMClient,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        structured: bool = True,
-        logprobs: bool = True,
-    ) -> None:
-        self.client = client
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.structured = structured
-        self.logprobs = logprobs
+    def __init__(self, config: PairwiseConfig | None = None, client: Any = None) -> None:
+        super().__init__(config or PairwiseConfig(), client)
+        self.cfg: PairwiseConfig = self.config  # type: ignore[assignment]
+
+    def requests_per_prompt(self, n: int) -> int:
+        return n * (n - 1)
 
     def messages(self, prompt: str, a: str, b: str) -> list[dict[str, str]]:
         text = render(self.template, prompt=clip(prompt), response_a=clip(a), response_b=clip(b))
         return [{"role": "user", "content": text}]
 
     async def judge_order(self, prompt: str, a: str, b: str) -> OrderedVerdict:
+        lp = self.cfg.logprobs
         try:
             res = await self.client.chat(
-                self.messages(prompt, a, b), temperature=self.temperature,
-                max_tokens=self.max_tokens,
-                response_format=VERDICT_SCHEMA if self.structured else None,
-                logprobs=self.logprobs, top_logprobs=5 if self.logprobs else None,
+                self.messages(prompt, a, b), temperature=self.cfg.temperature,
+                max_tokens=min(self.cfg.max_tokens, 128),
+                response_format=VERDICT_SCHEMA if self.cfg.structured else None,
+                logprobs=lp, top_logprobs=5 if lp else None,
             )  # fmt: skip
         except RequestRejected as exc:
             return OrderedVerdict(error=f"judge rejected the request: {str(exc)[:120]}")
         choice = res.choices[0]
         verdict = parse_verdict(choice.text)
-        if self.logprobs:
+        if lp:
             verdict.p_a = choice_probability(choice.logprobs, ("A", "B"))
         return verdict
 
@@ -131,3 +137,49 @@ class PairwiseJudge:
             self.judge_order(prompt, x, y), self.judge_order(prompt, y, x)
         )
         return combine(forward, backward)
+
+    async def judge(self, prompt_id: str, prompt: str, responses: list[str],
+                    messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
+        """Every pair in both orders; a completion's score is its share of wins (ties count half)."""
+        pairs = list(itertools.combinations(range(len(responses)), 2))
+        verdicts = await asyncio.gather(*(self.compare(prompt, responses[i], responses[j]) for i, j in pairs))
+        rows = [VerdictRow(i=i, j=j, winner=v.winner, consistent=v.consistent, p_x=v.p_x)
+                for (i, j), v in zip(pairs, verdicts)]  # fmt: skip
+        return Judgement(
+            scores=win_rates(rows, len(responses)), verdicts=rows, requests=2 * len(pairs),
+            parse_failures=sum(v.parse_failures for v in verdicts),
+            detail={"comparisons": len(rows), "consistent": sum(v.consistent for v in rows),
+                    "ties": sum(v.winner == "tie" for v in rows)},
+        )  # fmt: skip
+
+    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
+        v = await self.judge_order(prompt, first, second)
+        winner = {"A": "first", "B": "second", "tie": "tie"}.get(v.verdict or "")
+        return Preference(winner=winner, p_first=v.p_a, parse_failures=int(winner is None))  # type: ignore[arg-type]
+
+    def tally(self, t: dict[str, Any], j: Judgement) -> None:
+        super().tally(t, j)
+        for k in ("comparisons", "consistent", "ties"):
+            add(t, k, j.detail.get(k, 0))
+
+    def figures(self, t: dict[str, Any]) -> dict[str, Any]:
+        f = super().figures(t)
+        n = int(t.get("comparisons", 0))
+        pc = t.get("consistent", 0) / n if n else None
+        tr = t.get("ties", 0) / n if n else None
+        f.update(comparisons=n, position_consistency=pc, tie_rate=tr)
+        f["quality"] = (f"position consistency {pc:.2f}, tie rate {tr:.2f} over {n} comparisons"
+                        if pc is not None and tr is not None else "no comparisons")  # fmt: skip
+        f["headline"] = {"position consistency": round(pc, 2)} if pc is not None else {}
+        return f
+
+
+def win_rates(verdicts: list[VerdictRow], n: int) -> list[float | None]:
+    """Each completion's share of pairwise wins (ties count half); None when it played no pair."""
+    wins, games = [0.0] * n, [0] * n
+    for v in verdicts:
+        games[v.i] += 1
+        games[v.j] += 1
+        wins[v.i] += {"x": 1.0, "y": 0.0, "tie": 0.5}[v.winner]
+        wins[v.j] += {"x": 0.0, "y": 1.0, "tie": 0.5}[v.winner]
+    return [wins[k] / games[k] if games[k] else None for k in range(n)]

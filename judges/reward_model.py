@@ -3,23 +3,75 @@ so a second round of data can be labelled by the model trained on the first."""
 
 from __future__ import annotations
 
+import asyncio
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import Field, field_validator
 
-from serving.reward_scoring import RewardScorer
-
-
-class RewardScore(BaseModel):
-    score: float  # normalised: mean 0, std 1 over the reward model's training responses
+from judges.contract import Judge, JudgeConfig, Judgement
 
 
-class RewardModelJudge:
-    """Loads the sequence-classification model once; `judge` scores every completion of a prompt."""
+class RewardModelConfig(JudgeConfig):
+    type: Literal["reward_model"] = "reward_model"
+    reward_model: str = Field(description="folder written by `rlaif train reward`")
+    max_length: int = Field(default=512, ge=16, description="tokens of prompt + answer scored")
 
-    def __init__(self, model_dir: str | Path, max_length: int = 512) -> None:
-        self.scorer = RewardScorer(model_dir, max_length)
+    @field_validator("reward_model")
+    @classmethod
+    def _is_model_folder(cls, path: str) -> str:
+        if not (Path(path).expanduser() / "config.json").is_file():
+            raise ValueError(
+                f"{path} is not a model folder (no config.json); train one with `rlaif train reward`"
+            )
+        return path
 
-    def judge(self, messages: list[dict[str, str]], responses: list[str]) -> list[RewardScore]:
-        scores = self.scorer.score([messages] * len(responses), responses)
-        return [RewardScore(score=s) for s in scores]
+
+class RewardModelJudge(Judge):
+    """Loads the sequence-classification model on first use; scores are normalised (mean 0, std 1
+    over the reward model's training responses)."""
+
+    type = "reward_model"
+    config_class = RewardModelConfig
+    uses_endpoint = False
+
+    def __init__(self, config: RewardModelConfig, client: Any = None) -> None:
+        super().__init__(config, client)
+        self.cfg = config
+
+    @cached_property
+    def scorer(self) -> Any:
+        return _scorer(str(Path(self.cfg.reward_model).expanduser().resolve()), self.cfg.max_length)
+
+    def requests_per_prompt(self, n: int) -> int:
+        return 0
+
+    def extra_files(self) -> list[Path]:
+        names = ("config.json", "metrics.json", "reward_normalization.json", "model.safetensors")
+        return [p for n in names if (p := Path(self.cfg.reward_model).expanduser() / n).exists()]
+
+    def model_name(self, endpoint_models: list[str]) -> str:
+        return self.cfg.reward_model
+
+    def score(self, messages: list[dict[str, str]], responses: list[str]) -> list[float]:
+        return list(self.scorer.score([messages] * len(responses), responses))
+
+    async def judge(self, prompt_id: str, prompt: str, responses: list[str],
+                    messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
+        messages = messages or [{"role": "user", "content": prompt}]
+        scores = await asyncio.to_thread(self.score, messages, responses) if responses else []
+        return Judgement(scores=list(scores))
+
+
+_SCORERS: dict[tuple[str, int], Any] = {}
+
+
+def _scorer(path: str, max_length: int) -> Any:
+    """One loaded model per (folder, length) per process, shared by every shard."""
+    from serving.reward_scoring import RewardScorer
+
+    key = (path, max_length)
+    if key not in _SCORERS:
+        _SCORERS[key] = RewardScorer(path, max_length)
+    return _SCORERS[key]

@@ -8,12 +8,13 @@ One request per (prompt, aspect) rates every completion together, shown in a see
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from judges.base import clip, parse_json_object, render, scan_ratings, seeded_order
-from serving.client import LLMClient, RequestRejected
+from judges.contract import Judge, JudgeConfig, Judgement, Preference, add
+from serving.client import RequestRejected
 
 ASPECTS: dict[str, str] = {
     "instruction_following": "Instruction following",
@@ -32,15 +33,6 @@ class AspectRating(BaseModel):
 class CompletionJudgement(BaseModel):
     annotations: dict[str, AspectRating]
     fine_grained_score: float | None
-
-
-class PromptJudgement(BaseModel):
-    """UltraFeedback output for one prompt: judgements in completion order + the shown orders."""
-
-    completions: list[CompletionJudgement]
-    orders: dict[str, list[int]]  # aspect -> shown order (position -> completion index)
-    requests: int = 0
-    parse_failures: int = 0
 
 
 def rating_schema(n: int) -> dict[str, Any]:
@@ -105,27 +97,39 @@ def mean_score(annotations: dict[str, AspectRating]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-class UltraFeedbackJudge:
+class UltraFeedbackConfig(JudgeConfig):
+    type: Literal["ultrafeedback"] = "ultrafeedback"
+    aspects: list[str] | None = Field(default=None, description=f"subset of {list(ASPECTS)}")
+    structured: bool = Field(default=True, description="force the JSON schema with response_format")
+
+    @field_validator("aspects")
+    @classmethod
+    def _known(cls, aspects: list[str] | None) -> list[str] | None:
+        unknown = [a for a in aspects or [] if a not in ASPECTS]
+        if unknown:
+            raise ValueError(f"unknown aspect {unknown[0]!r}; choose from {list(ASPECTS)}")
+        if aspects is not None and not aspects:
+            raise ValueError(f"name at least one aspect of {list(ASPECTS)} (or leave `aspects` out)")
+        return aspects
+
+
+class UltraFeedbackJudge(Judge):
     """Rates completions per aspect with a JSON schema forced by the endpoint (guided decoding)."""
 
-    def __init__(
-        self,
-        client: LLMClient,
-        aspects: list[str] | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        structured: bool = True,
-        seed: int = 0,
-    ) -> None:
-        unknown = set(aspects or []) - set(ASPECTS)
-        if unknown:
-            raise ValueError(f"unknown aspects {sorted(unknown)}; choose from {list(ASPECTS)}")
-        self.client = client
-        self.aspects = aspects or list(ASPECTS)
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.structured = structured
-        self.seed = seed
+    type = "ultrafeedback"
+    config_class = UltraFeedbackConfig
+    ranks_by_default = True
+    templates = ("ultrafeedback",)
+
+    def __init__(self, config: UltraFeedbackConfig, client: Any = None) -> None:
+        super().__init__(config, client)
+        self.cfg = config
+
+    def aspects(self) -> list[str]:
+        return list(self.cfg.aspects or ASPECTS)
+
+    def requests_per_prompt(self, n: int) -> int:
+        return len(self.aspects()) if n else 0
 
     def messages(self, prompt: str, responses: list[str], aspect: str) -> list[dict[str, str]]:
         text = render("ultrafeedback/frame.jinja2", aspect=aspect, aspect_title=ASPECTS[aspect],
@@ -133,15 +137,15 @@ class UltraFeedbackJudge:
         return [{"role": "user", "content": text}]
 
     async def rate_aspect(
-        self, prompt_id: str, prompt: str, responses: list[str], aspect: str
-    ) -> tuple[list[AspectRating], list[int]]:
-        order = seeded_order(len(responses), self.seed, prompt_id, aspect)
+        self, prompt: str, responses: list[str], aspect: str, order: list[int]
+    ) -> list[AspectRating]:
+        """Ratings of `responses` (in their own order) when shown in `order` (position -> index)."""
         shown = [responses[i] for i in order]
         try:
             res = await self.client.chat(
-                self.messages(prompt, shown, aspect), temperature=self.temperature,
-                max_tokens=self.max_tokens, seed=self.seed,
-                response_format=rating_schema(len(shown)) if self.structured else None,
+                self.messages(prompt, shown, aspect), temperature=self.cfg.temperature,
+                max_tokens=self.cfg.max_tokens, seed=self.cfg.seed,
+                response_format=rating_schema(len(shown)) if self.cfg.structured else None,
             )  # fmt: skip
             parsed = parse_ratings(res.choices[0].text, len(shown))
         except RequestRejected as exc:
@@ -149,23 +153,48 @@ class UltraFeedbackJudge:
         back: list[AspectRating] = [AspectRating()] * len(responses)
         for pos, idx in enumerate(order):
             back[idx] = parsed[pos]
-        return back, order
+        return back
 
-    async def judge(self, prompt_id: str, prompt: str, responses: list[str]) -> PromptJudgement:
-        """All aspects of one prompt in flight together."""
-        if not responses:
-            return PromptJudgement(completions=[], orders={})
-        results = await asyncio.gather(
-            *(self.rate_aspect(prompt_id, prompt, responses, a) for a in self.aspects)
-        )
+    async def rate(self, prompt: str, responses: list[str], orders: dict[str, list[int]]) -> Judgement:
+        """All aspects in flight together; `orders[aspect]` is the shown order of that request."""
+        aspects = self.aspects()
+        results = await asyncio.gather(*(self.rate_aspect(prompt, responses, a, orders[a]) for a in aspects))
         completions = []
         for i in range(len(responses)):
-            ann = {a: results[k][0][i] for k, a in enumerate(self.aspects)}
+            ann = {a: results[k][i] for k, a in enumerate(aspects)}
             completions.append(CompletionJudgement(annotations=ann, fine_grained_score=mean_score(ann)))
         failures = sum(1 for c in completions for a in c.annotations.values() if a.rating is None)
-        return PromptJudgement(
-            completions=completions,
-            orders={a: results[k][1] for k, a in enumerate(self.aspects)},
-            requests=len(self.aspects),
-            parse_failures=failures,
-        )
+        return Judgement(
+            scores=[c.fine_grained_score for c in completions],
+            annotations=[{a: r.model_dump() for a, r in c.annotations.items()} for c in completions],
+            requests=len(aspects), parse_failures=failures,
+            detail={"ratings": len(aspects) * len(responses), "null_ratings": failures},
+        )  # fmt: skip
+
+    async def judge(self, prompt_id: str, prompt: str, responses: list[str],
+                    messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
+        """Each aspect shows the completions in its own seeded order (position bias averages out)."""
+        if not responses:
+            return Judgement(scores=[])
+        orders = {a: seeded_order(len(responses), self.cfg.seed, prompt_id, a) for a in self.aspects()}
+        return await self.rate(prompt, responses, orders)
+
+    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
+        """Both answers rated in one request per aspect, shown exactly in this order."""
+        j = await self.rate(prompt, [first, second], dict.fromkeys(self.aspects(), [0, 1]))
+        a, b = j.scores
+        if a is None or b is None:
+            return Preference(winner=None, parse_failures=j.parse_failures)
+        return Preference(winner="tie" if a == b else ("first" if a > b else "second"),
+                          parse_failures=j.parse_failures)  # fmt: skip
+
+    def tally(self, t: dict[str, Any], j: Judgement) -> None:
+        super().tally(t, j)
+        add(t, "ratings", j.detail.get("ratings", 0))
+        add(t, "null_ratings", j.detail.get("null_ratings", 0))
+
+    def figures(self, t: dict[str, Any]) -> dict[str, Any]:
+        f = super().figures(t)
+        f["ratings"], f["null_ratings"] = int(t.get("ratings", 0)), int(t.get("null_ratings", 0))
+        f["quality"] = f"{f['ratings']} ratings, {f['null_ratings']} null"
+        return f

@@ -90,9 +90,6 @@ class Counters(BaseModel):
     completion_tokens: int = 0
     wall_s: float = 0.0
 
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.wall_s if self.wall_s else 0.0
-
 
 class Choice(BaseModel):
     text: str

@@ -7,10 +7,17 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from serving.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def field_error(loc: tuple[int | str, ...], message: str, value: Any = None) -> ValidationError:
+    """A validation error at `loc` (raise it from a model validator to name the exact field)."""
+    err = PydanticCustomError("invalid_field", message.replace("{", "{{").replace("}", "}}"))
+    return ValidationError.from_exception_data("recipe", [{"type": err, "loc": loc, "input": value}])
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

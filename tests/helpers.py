@@ -80,7 +80,7 @@ def synthetic_build(out_dir: Path, n_prompts: int = 48, seed: int = 0) -> Path:
     )
     prov = {"policy": "scripted", "judges": ["ultrafeedback"], "recipe_sha256": Recipe().sha256()}
     files = [ShardFiles(rows_path=str(shard / "rows.parquet"), cpairs_path=str(shard / "cpairs.parquet"))]
-    build(out_dir, files, BinarizeSpec(test_fraction=0.25), {"ultrafeedback": "ultrafeedback"},
+    build(out_dir, files, BinarizeSpec(test_fraction=0.25), "ultrafeedback",
           feats.arrow_schema, prov)  # fmt: skip
     return out_dir
 

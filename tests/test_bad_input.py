@@ -108,3 +108,36 @@ def test_output_folder_that_cannot_be_created(capsys, tmp_path):
 def test_bad_limit(capsys, tmp_path):
     code, err = run_cli(capsys, "generate", recipe(tmp_path, "name: x\n"), "--limit", "0")
     assert code == 2 and "--limit" in err
+
+
+LATE_ERRORS = [  # each used to fail only after hundreds of requests, or never
+    ("judges:\n  - type: ultrafeedback\n    aspects: [helpfulnes]\n", "judges[0].aspects", "unknown aspect 'helpfulnes'"),
+    ("judges:\n  - type: ultrafeedback\nbinarize:\n  score: ultrafeedbak\n", "binarize.score", "names no judge"),
+    ("judges:\n  - type: reward_model\n    reward_model: runs/none/models/reward\n", "judges[0].reward_model",
+     "not a model folder"),
+    ("train:\n  method: dpo\n  model: runs/none/models/sft\n", "train.model", "does not exist"),
+    ("train:\n  method: dpo\n", "train.model", "external endpoint"),
+    ("judges:\n  - type: pairwise\n    aspects: [honesty]\n", "judges[0].aspects", "unknown field"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "field", "message"), LATE_ERRORS)
+def test_bad_recipe_fails_before_any_request(capsys, tmp_path, extra, field, message):
+    """Refused when the recipe is read: one line naming file and field, exit 2, 0 requests, no folder."""
+    from tests.stubs import always_answers
+
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"question {k}"} for k in range(8)])
+    with always_answers("ok") as stub:
+        path = recipe(tmp_path, f"prompts:\n  path: {data}\npolicy:\n  endpoints:\n    - base_url: {stub.base_url}\n"
+                                f"      model: stub\nsampling:\n  n: 2\n{extra}")  # fmt: skip
+        code, err = run_cli(capsys, "run", path, "--out", str(tmp_path / "out"))
+        assert stub.calls == []
+    assert code == 2 and err.count("\n") == 0, err
+    assert path in err and field in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_is_not_created_when_prompts_are_bad(capsys, tmp_path):
+    path = recipe(tmp_path, f"prompts:\n  path: {tmp_path}/missing.jsonl\n")
+    code, _ = run_cli(capsys, "generate", path, "--out", str(tmp_path / "deep" / "out"))
+    assert code == 2 and not (tmp_path / "deep").exists()

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from flows.judge_eval import evaluate, load_pairs
-from judges.pairwise import PairwiseJudge
-from judges.ultrafeedback import ASPECTS, UltraFeedbackJudge
+from judges.pairwise import PairwiseConfig, PairwiseJudge
+from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge
 from serving.client import ClientConfig, Endpoint, LLMClient
 from serving.errors import DataError
 from tests.stubs import always_answers
@@ -34,25 +34,23 @@ def _run(coro_fn, endpoint: Endpoint):
 
 def test_ultrafeedback_structured_ratings_on_real_server(policy_endpoint):
     async def go(client):
-        judge = UltraFeedbackJudge(client, max_tokens=256)
+        judge = UltraFeedbackJudge(UltraFeedbackConfig(max_tokens=256), client)
         return await asyncio.gather(*(judge.judge(pid, p, rs) for pid, (p, rs) in PROMPTS.items()))
 
     results, counters = _run(go, policy_endpoint)
     assert counters.requests == 2 * len(ASPECTS)  # one request per (prompt, aspect)
     for res in results:
-        assert res.parse_failures == 0
-        assert len(res.completions) == 3
-        for c in res.completions:
-            assert set(c.annotations) == set(ASPECTS)
-            assert all(a.rating in (1, 2, 3, 4, 5) and a.error is None for a in c.annotations.values())
-            assert c.fine_grained_score == pytest.approx(sum(a.rating for a in c.annotations.values()) / 4)
-        for order in res.orders.values():
-            assert sorted(order) == [0, 1, 2]
+        assert res.parse_failures == 0 and res.requests == len(ASPECTS)
+        assert len(res.scores) == len(res.annotations) == 3
+        for score, ann in zip(res.scores, res.annotations):
+            assert set(ann) == set(ASPECTS)
+            assert all(a["rating"] in (1, 2, 3, 4, 5) and a["error"] is None for a in ann.values())
+            assert score == pytest.approx(sum(a["rating"] for a in ann.values()) / 4)
 
 
 def test_pairwise_soft_preference_from_logprobs_on_real_server(policy_endpoint):
     async def go(client):
-        return await PairwiseJudge(client).compare("What is 2 + 2?", "4", "5")
+        return await PairwiseJudge(PairwiseConfig(), client).compare("What is 2 + 2?", "4", "5")
 
     v, _ = _run(go, policy_endpoint)
     assert v.forward.verdict in ("A", "B", "tie") and v.backward.verdict in ("A", "B", "tie")
@@ -64,16 +62,17 @@ def test_pairwise_judge_that_always_answers_a_is_all_ties():
         ep = Endpoint(base_url=stub.base_url, model="stub")
 
         async def go(client):
-            judge = PairwiseJudge(client, logprobs=False)
+            judge = PairwiseJudge(PairwiseConfig(logprobs=False), client)
             return await asyncio.gather(*(judge.compare("q", f"x{i}", f"y{i}") for i in range(5)))
 
         verdicts, _ = _run(go, ep)
         assert all(v.winner == "tie" and not v.consistent for v in verdicts)
         pairs = [type("P", (), {"prompt": "q", "chosen": "good", "rejected": "bad"})() for _ in range(6)]
-        report, _ = _run(lambda c: evaluate(c, pairs, "pairwise"), ep)
+        report, _ = _run(lambda c: evaluate(PairwiseJudge(PairwiseConfig(logprobs=False), c), pairs), ep)
     assert report.position_consistency == 0.0
     assert report.tie_rate == 1.0
     assert report.accuracy == 0.5
+    assert report.p_first == 1.0
 
 
 @pytest.mark.parametrize(
@@ -88,11 +87,14 @@ def test_garbage_judge_answers_become_null_with_reason(answer, reason):
     with always_answers(answer) as stub:
         ep = Endpoint(base_url=stub.base_url, model="stub")
         res, _ = _run(
-            lambda c: UltraFeedbackJudge(c, aspects=["helpfulness"]).judge("p", "q", ["a", "b"]), ep
+            lambda c: UltraFeedbackJudge(UltraFeedbackConfig(aspects=["helpfulness"]), c).judge(
+                "p", "q", ["a", "b"]
+            ),
+            ep,
         )
-    ratings = [c.annotations["helpfulness"] for c in res.completions]
-    nulls = [r for r in ratings if r.rating is None]
-    assert nulls and all(reason in r.error for r in nulls)
+    ratings = [a["helpfulness"] for a in res.annotations]
+    nulls = [r for r in ratings if r["rating"] is None]
+    assert nulls and all(reason in r["error"] for r in nulls)
     assert res.parse_failures == len(nulls)
 
 

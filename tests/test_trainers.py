@@ -101,7 +101,7 @@ def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
     from flows.recipe import BinarizeSpec
 
     (tmp_path / "empty").mkdir()
-    build(tmp_path / "empty", [], BinarizeSpec(), {}, uf_features([], []).arrow_schema, {})
+    build(tmp_path / "empty", [], BinarizeSpec(), None, uf_features([], []).arrow_schema, {})
     with pytest.raises(DataError, match="zero rows"):
         dpo.train(
             dpo.DPOTrainConfig(
@@ -114,21 +114,18 @@ def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
 def test_reward_model_judge_scores_a_second_round(small_reward_model, arith_dataset, tmp_path):
     import asyncio
 
-    from flows.engine.stages import PromptJudge
-    from flows.prompts import PromptRow
-    from flows.recipe import JudgeSpec
-    from judges.reward_model import RewardModelJudge
+    from judges.registry import make_judge, parse_judge_config
     from tests.helpers import uf_rows
 
-    spec = JudgeSpec(type="reward_model", reward_model=str(small_reward_model))
-    judge = PromptJudge(spec, None, RewardModelJudge(small_reward_model))  # scored locally, no requests
+    config = parse_judge_config({"type": "reward_model", "reward_model": str(small_reward_model)})
+    judge = make_judge(config)  # scored locally: no client, no requests
     rows = uf_rows(arith_dataset)
     assert len(rows) == 48
     for r in rows:
-        p = PromptRow(prompt_id=r["prompt_id"], prompt=r["prompt"], messages=r["messages"])
-        data = asyncio.run(judge.judge(p, r["completions"]))
-        assert data["requests"] == 0 and data["sample_indices"] == [0, 1]
-        assert len(data["scores"]) == 2 and all(isinstance(s, float) for s in data["scores"])
+        texts = [c["response"] for c in r["completions"]]
+        data = asyncio.run(judge.judge(r["prompt_id"], r["prompt"], texts, r["messages"]))
+        assert data.requests == 0 and len(data.scores) == 2
+        assert all(isinstance(s, float) for s in data.scores)
 
 
 def test_train_cli_prints_metrics(tiny_model, arith_dataset, tmp_path, capsys):

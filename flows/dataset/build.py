@@ -141,14 +141,17 @@ class PlotData:
 
 
 def build(
-    out_dir: Path, shards: list[ShardFiles], spec: BinarizeSpec, types: dict[str, str], uf_schema: pa.Schema,
-    prov: dict[str, Any], judge_tallies: dict[str, dict[str, Any]] | None = None,
+    out_dir: Path, shards: list[ShardFiles], spec: BinarizeSpec, score_key: str | None, uf_schema: pa.Schema,
+    prov: dict[str, Any], judge_figures: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[BuildResult, PlotData | None]:  # fmt: skip
-    """Binarise and write both datasets; a build whose inputs did not change is not redone."""
+    """Binarise and write both datasets; a build whose inputs did not change is not redone.
+
+    `score_key` is the judge whose scores rank completions; when that judge also gave pairwise
+    verdicts, a pair is kept only if its verdict agrees."""
     fp_data = (
         [[s.rows_path, s.fingerprint] for s in shards],
         spec.model_dump(),
-        types,
+        score_key,
         {k: v for k, v in prov.items() if k != "created_at"},
     )
     fp = hashlib.sha256(json.dumps(fp_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -158,10 +161,6 @@ def build(
         if old.fingerprint == fp:
             return old.model_copy(update={"cached": True}), None
     marker.unlink(missing_ok=True)
-    score_key = spec.score or next(
-        (k for k, t in types.items() if t == "ultrafeedback"), next(iter(types), None)
-    )
-    is_pairwise = types.get(score_key or "") == "pairwise"
     force_test, force_train = test_ids_fallback(shards, spec.test_fraction)
 
     def test(pid: str) -> bool:
@@ -192,10 +191,8 @@ def build(
                         if c.get("fine_grained_score") is not None:
                             plot.scores.append(c["fine_grained_score"])
                     split = "test" if test(row["prompt_id"]) else "train"
-                    verdicts = None
-                    if is_pairwise:
-                        verdicts = {(v["i"], v["j"]): v["winner"] for v in row["pairwise_verdicts"]
-                                    if v["judge"] == score_key}  # fmt: skip
+                    verdicts = {(v["i"], v["j"]): v["winner"] for v in row["pairwise_verdicts"]
+                                if v["judge"] == score_key} or None  # fmt: skip
                     if score_key is not None:
                         out[f"{split}_prefs"] += [
                             p.model_dump() for p in binarize_prompt(row, score_key, spec, verdicts, res.stats)
@@ -231,7 +228,7 @@ def build(
             os.replace(staging / name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    res.judges = judge_figures(judge_tallies or {})
+    res.judges = judge_figures or {}
     write_json(marker, res.model_dump())
     return res, plot
 
@@ -262,23 +259,6 @@ def _to_datasets(staging: Path) -> None:
     uf.save_to_disk(str(staging / "ultrafeedback"), num_shards=1 if len(uf) == 0 else None)
     del dd, uf, splits
     shutil.rmtree(cache, ignore_errors=True)
-
-
-def judge_figures(tallies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Card figures from the summed shard tallies."""
-    figs: dict[str, dict[str, Any]] = {}
-    for key, t in tallies.items():
-        f = {"type": t.get("type"), "model": t.get("model", ""), "requests": int(t.get("requests", 0)),
-             "parse_failures": int(t.get("parse_failures", 0))}  # fmt: skip
-        if t.get("type") == "pairwise":
-            n = int(t.get("comparisons", 0))
-            f["comparisons"] = n
-            f["position_consistency"] = t.get("consistent", 0) / n if n else None
-            f["tie_rate"] = t.get("ties", 0) / n if n else None
-        elif t.get("type") == "ultrafeedback":
-            f["ratings"], f["null_ratings"] = int(t.get("ratings", 0)), int(t.get("null_ratings", 0))
-        figs[key] = f
-    return figs
 
 
 def sum_tallies(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:

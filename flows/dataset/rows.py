@@ -5,23 +5,10 @@ Runs inside the shard task, so rows are assembled where the work happened and `b
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from flows.binarize import PairRow
-
-
-def win_rates(pairs: list[dict[str, Any]]) -> dict[int, float]:
-    """Each completion's share of pairwise wins (ties count half)."""
-    wins: dict[int, float] = defaultdict(float)
-    games: dict[int, int] = defaultdict(int)
-    for p in pairs:
-        i, j = p["i"], p["j"]
-        games[i] += 1
-        games[j] += 1
-        wins[i] += {"x": 1.0, "y": 0.0, "tie": 0.5}[p["winner"]]
-        wins[j] += {"x": 0.0, "y": 1.0, "tie": 0.5}[p["winner"]]
-    return {k: wins[k] / games[k] for k in games}
+from judges.contract import Judgement, add
 
 
 def first_kept(crits: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -35,38 +22,26 @@ def first_kept(crits: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 def prompt_row(
-    prompt: Any, comps: list[dict[str, Any]], judged: dict[str, dict[str, Any]], types: dict[str, str],
-    primary: str | None, crits: list[dict[str, Any]],
+    prompt: Any, comps: list[dict[str, Any]], judged: dict[str, Judgement], primary: str | None,
+    crits: list[dict[str, Any]],
 ) -> dict[str, Any]:  # fmt: skip
-    """The UltraFeedback row of one prompt (without provenance, which `build` adds)."""
-    verdicts = []
-    for key, data in judged.items():
-        if types[key] == "pairwise":
-            verdicts += [{"judge": key, "i": p["i"], "j": p["j"], "winner": p["winner"],
-                          "consistent": p["consistent"], "p_x": p["p_x"]} for p in data["pairs"]]  # fmt: skip
-    rates = {k: win_rates(d["pairs"]) for k, d in judged.items() if types[k] == "pairwise"}
+    """The UltraFeedback row of one prompt (without provenance, which `build` adds). `judged[key]`
+    lists scores in `comps` order; `primary` is the judge whose annotations fill the aspect columns."""
+    verdicts = [{"judge": key, "i": comps[v.i]["sample_index"], "j": comps[v.j]["sample_index"],
+                 "winner": v.winner, "consistent": v.consistent, "p_x": v.p_x}
+                for key, j in judged.items() for v in j.verdicts]  # fmt: skip
     crit = first_kept(crits)
+    main = judged.get(primary or "")
     out = []
-    for c in comps:
-        scores: dict[str, float | None] = {}
-        annotations, fine = None, None
-        for key, data in judged.items():
-            pos = data["sample_indices"].index(c["sample_index"])
-            if types[key] == "ultrafeedback":
-                cj = data["completions"][pos]
-                scores[key] = cj["fine_grained_score"]
-                if key == primary:
-                    annotations, fine = cj["annotations"], cj["fine_grained_score"]
-            elif types[key] == "reward_model":
-                scores[key] = data["scores"][pos]
-            else:
-                scores[key] = rates[key].get(c["sample_index"])
+    for pos, c in enumerate(comps):
+        scores = {key: j.scores[pos] for key, j in judged.items()}
         cr = crit.get(c["sample_index"], {})
         out.append({
             "sample_index": c["sample_index"], "model": c["model"], "response": c["response"],
             "sampling": c["sampling"], "finish_reason": c["finish_reason"],
-            "completion_tokens": c["completion_tokens"], "annotations": annotations,
-            "fine_grained_score": fine, "scores": scores or None,
+            "completion_tokens": c["completion_tokens"],
+            "annotations": main.annotations[pos] if main and main.annotations else None,
+            "fine_grained_score": main.scores[pos] if main else None, "scores": scores or None,
             "critique": cr.get("critique"), "revision": cr.get("revision"), "principle_id": cr.get("principle_id"),
         })  # fmt: skip
     return {"prompt_id": prompt.prompt_id, "prompt": prompt.prompt, "messages": prompt.messages,
@@ -105,26 +80,6 @@ def constitution_pairs(
             principle_id=lab["principle_id"], principle_sha256=lab["principle_sha256"],
         ))  # fmt: skip
     return out
-
-
-def add(d: dict[str, Any], key: str, n: float = 1) -> None:
-    d[key] = d.get(key, 0) + n
-
-
-def tally_judge(t: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
-    """Sum one prompt's judge figures into `t` (summed again over shards by `build`)."""
-    add(t, "requests", data.get("requests", 0))
-    add(t, "parse_failures", data.get("parse_failures", 0))
-    if kind == "pairwise":
-        for p in data["pairs"]:
-            add(t, "comparisons")
-            add(t, "consistent", int(p["consistent"]))
-            add(t, "ties", int(p["winner"] == "tie"))
-    elif kind == "ultrafeedback":
-        for c in data["completions"]:
-            for a in c["annotations"].values():
-                add(t, "ratings")
-                add(t, "null_ratings", int(a["rating"] is None))
 
 
 def tally_critique(t: dict[str, Any], crits: list[dict], labels: list[dict]) -> None:

@@ -68,7 +68,6 @@ def write_manifest(rows: Iterator[PromptRow], skipped: dict[str, int], run_dir: 
     """Stream prompts into `run_dir/prompts/shard-*.parquet` (a shard whose content is unchanged is not
     rewritten) and write `manifest.json`. Memory: one shard at a time."""
     folder = run_dir / "prompts"
-    folder.mkdir(parents=True, exist_ok=True)
     man = Manifest(path=str(folder / "manifest.json"), source=source, shard_size=shard_size)
     old = {}
     if (folder / "manifest.json").exists():
@@ -78,6 +77,7 @@ def write_manifest(rows: Iterator[PromptRow], skipped: dict[str, int], run_dir: 
             old = {}
     total = hashlib.sha256()
     for i, chunk in enumerate(_chunks(rows, shard_size)):
+        folder.mkdir(parents=True, exist_ok=True)  # only once the first shard of prompts read cleanly
         sha = shard_sha(chunk)
         path = folder / f"shard-{i:05d}.parquet"
         if old.get(str(path)) != sha or not path.exists():
@@ -90,6 +90,7 @@ def write_manifest(rows: Iterator[PromptRow], skipped: dict[str, int], run_dir: 
         total.update(sha.encode())
     man.skipped = dict(skipped)  # filled while the iterator ran
     man.sha256 = total.hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
     write_json(Path(man.path), man.model_dump())
     return man
 

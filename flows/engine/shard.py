@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,22 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from flows import progress
-from flows.dataset.rows import constitution_pairs, prompt_row, tally_critique, tally_judge
+from flows.dataset.rows import constitution_pairs, prompt_row, tally_critique
 from flows.dataset.schema import binarized_features, uf_features
 from flows.engine.journal import Journal
 from flows.engine.manifest import ShardRef, read_shard
 from flows.engine.recorded import RecordingClient, StageStats
-from flows.engine.stages import PromptCritic, PromptJudge, generate
-from flows.recipe import CritiqueSpec, JudgeSpec, Sampling
+from flows.engine.stages import PromptCritic, generate
+from flows.recipe import CritiqueSpec, Sampling
 from flows.shards import read_json, write_json
+from judges.registry import AnyJudgeConfig, make_judge
 from serving.client import ClientConfig, Endpoint, io_loop, shared_client
 
 
 class JudgeRun(BaseModel):
-    spec: JudgeSpec
-    endpoints: list[Endpoint]
-    template_sha: str = ""
+    spec: AnyJudgeConfig
+    endpoints: list[Endpoint] = Field(default_factory=list)  # empty for judges that run locally
+    template_sha: str = ""  # `Judge.fingerprint()`: config + templates (+ local model files)
 
 
 class ShardPlan(BaseModel):
@@ -57,11 +57,10 @@ class ShardPlan(BaseModel):
         """What the shard's rows depend on (not where the endpoints are, nor how fast we go)."""
         data = {
             "policy": self.policy_model, "sampling": self.sampling.model_dump(),
-            "judges": [[j.spec.model_dump(exclude={"judge"}), [e.model for e in j.endpoints], j.template_sha]
-                       for j in self.judges],
+            "judges": [[j.spec.key, [e.model for e in j.endpoints], j.template_sha] for j in self.judges],
             "critique": self.critique.model_dump(exclude={"judge"}) if self.critique else None,
             "critique_models": [e.model for e in self.critique_endpoints], "constitution": self.constitution_sha,
-            "format": 2,
+            "format": 3,
         }  # fmt: skip
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -73,13 +72,21 @@ class ShardPlan(BaseModel):
         return max(8, int(2 * conc / max(1, self.sampling.n)) + 4)
 
     def primary_judge(self) -> str | None:
-        return next((j.spec.key for j in self.judges if j.spec.type == "ultrafeedback"), None)
+        """The judge whose per-aspect annotations fill the UltraFeedback columns (the first that has any)."""
+        return next((j.spec.key for j in self.judges if make_judge(j.spec).aspects()), None)
+
+    def score_key(self, named: str | None) -> str | None:
+        """The judge whose scores rank completions: the recipe's `binarize.score`, else the first judge
+        that ranks by default (UltraFeedback), else the first judge."""
+        if named:
+            return named
+        keys = [j.spec.key for j in self.judges]
+        return next(
+            (j.spec.key for j in self.judges if make_judge(j.spec).ranks_by_default), next(iter(keys), None)
+        )
 
     def aspects(self) -> list[str]:
-        from judges.ultrafeedback import ASPECTS
-
-        spec = next((j.spec for j in self.judges if j.spec.type == "ultrafeedback"), None)
-        return [] if spec is None else list(spec.aspects or ASPECTS)
+        return next((a for j in self.judges if (a := make_judge(j.spec).aspects())), [])
 
     def uf_features(self, with_provenance: bool = True) -> Any:
         return uf_features(self.aspects(), [j.spec.key for j in self.judges], with_provenance)
@@ -116,13 +123,6 @@ def _scaled(endpoints: list[Endpoint], share: float) -> list[Endpoint]:
     ]
 
 
-@lru_cache(maxsize=4)
-def _reward_judge(path: str) -> Any:
-    from judges.reward_model import RewardModelJudge
-
-    return RewardModelJudge(path)
-
-
 def _constitution(plan: ShardPlan) -> Any:
     from judges.constitution import load_constitution
 
@@ -131,16 +131,18 @@ def _constitution(plan: ShardPlan) -> Any:
 
 async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: dict[str, StageStats],
                   clients: dict[str, Any]) -> list:  # fmt: skip
-    def rec(stage: str, eps: list[Endpoint], model: str) -> RecordingClient:
+    def rec(stage: str, eps: list[Endpoint], model: str) -> RecordingClient | None:
         stats[stage] = StageStats()
+        if stage not in clients:
+            return None
         return RecordingClient(
             clients[stage], journal, stage, model, stats[stage], lambda: progress.advance("requests")
         )
 
     gen = rec("generate", plan.policy_endpoints, plan.policy_model)
-    judges = [PromptJudge(j.spec, rec(f"judge:{j.spec.key}", j.endpoints, j.endpoints[0].model),
-                          _reward_judge(j.spec.reward_model) if j.spec.type == "reward_model" else None)
+    judges = [make_judge(j.spec, rec(f"judge:{j.spec.key}", j.endpoints, j.endpoints[0].model if j.endpoints else ""))
               for j in plan.judges]  # fmt: skip
+    keys = [j.spec.key for j in plan.judges]
     critic = None
     if plan.critique is not None and plan.constitution_path:
         eps = plan.critique_endpoints
@@ -152,10 +154,12 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
         async with window:
             comps, reason = await generate(gen, p, plan.policy_model, plan.sampling)
             if reason is None:
-                jobs = [j.judge(p, comps) for j in judges] + ([critic.run(p, comps)] if critic else [])
+                texts = [c["response"] for c in comps]
+                jobs = [j.judge(p.prompt_id, p.prompt, texts, p.messages) for j in judges]
+                jobs += [critic.run(p, comps)] if critic else []
                 done = await asyncio.gather(*jobs)
                 crits, labels = done[-1] if critic else ([], [])
-                results[k] = (comps, dict(zip([j.spec.key for j in plan.judges], done)), crits, labels)
+                results[k] = (comps, dict(zip(keys, done)), crits, labels)
             else:
                 results[k] = reason
         progress.advance("prompts")
@@ -198,16 +202,17 @@ def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
         results = io_loop().run(_stream(prompts, plan, journal, stats, clients))
     res = ShardResult(index=ref.index, name=ref.name, fingerprint=fp, rows_path=str(folder / f"rows-{fp}.parquet"),
                       cpairs_path=str(folder / f"cpairs-{fp}.parquet"))  # fmt: skip
-    types = {j.spec.key: j.spec.type for j in plan.judges}
+    judges = {j.spec.key: make_judge(j.spec) for j in plan.judges}
+    primary = plan.primary_judge()
     rows, cpairs = [], []
     for p, r in zip(prompts, results):
         if isinstance(r, str):
             res.skipped[r] = res.skipped.get(r, 0) + 1
             continue
         comps, judged, crits, labels = r
-        rows.append(prompt_row(p, comps, judged, types, plan.primary_judge(), crits))
-        for key, data in judged.items():
-            tally_judge(res.judges.setdefault(key, {"type": types[key]}), types[key], data)
+        rows.append(prompt_row(p, comps, judged, primary, crits))
+        for key, judgement in judged.items():
+            judges[key].tally(res.judges.setdefault(key, {"type": judges[key].type}), judgement)
         if plan.critique is not None:
             tally_critique(res.critique, crits, labels)
         cpairs += [{**c.model_dump(), "messages": p.messages + c.chosen}

@@ -1,4 +1,5 @@
-"""What each stage does for one prompt: generate its completions, judge them, critique/label them.
+"""What each stage does for one prompt: generate its completions and critique/label them (judging is
+`Judge.judge`, the contract in judges/contract.py).
 
 Plain async functions over a chat client (`RecordingClient` in the engine, so each request is
 journalled); the shard runner streams prompts through them.
@@ -8,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 from typing import Any
 
 from flows.prompts import PromptRow
-from flows.recipe import CritiqueSpec, JudgeSpec, Sampling
+from flows.recipe import CritiqueSpec, Sampling
 from judges.constitution import Constitution
 from judges.constitutional import ConstitutionalCritic, ConstitutionalJudge, pick_principles
-from judges.pairwise import PairwiseJudge
-from judges.ultrafeedback import UltraFeedbackJudge
 from serving.client import RequestRejected
 
 
@@ -55,42 +53,6 @@ async def generate(
         return list(await asyncio.gather(*(one(i) for i in range(sampling.n)))), None
     except RequestRejected as exc:
         return [], skip_reason(exc)
-
-
-class PromptJudge:
-    """One recipe judge bound to a client: `judge(prompt, comps)` -> the per-prompt record."""
-
-    def __init__(self, spec: JudgeSpec, client: Any, reward: Any = None) -> None:
-        self.spec = spec
-        self.reward = reward
-        if spec.type == "ultrafeedback":
-            self.uf = UltraFeedbackJudge(client, spec.aspects, spec.max_tokens, spec.temperature,
-                                         spec.structured, spec.seed)  # fmt: skip
-        elif spec.type == "pairwise":
-            self.pw = PairwiseJudge(client, min(spec.max_tokens, 128), spec.temperature, spec.structured,
-                                    spec.logprobs)  # fmt: skip
-
-    async def judge(self, prompt: PromptRow, comps: list[dict[str, Any]]) -> dict[str, Any]:
-        idx = [c["sample_index"] for c in comps]
-        if self.spec.type == "reward_model":
-            scores = await asyncio.to_thread(
-                self.reward.judge, prompt.messages, [c["response"] for c in comps]
-            )
-            return {
-                "sample_indices": idx,
-                "scores": [s.score for s in scores],
-                "requests": 0,
-                "parse_failures": 0,
-            }
-        if self.spec.type == "ultrafeedback":
-            res = await self.uf.judge(prompt.prompt_id, prompt.prompt, [c["response"] for c in comps])
-            return {"sample_indices": idx, **res.model_dump()}
-        pairs = list(itertools.combinations(range(len(comps)), 2))
-        verdicts = await asyncio.gather(*(self.pw.compare(prompt.prompt, comps[i]["response"], comps[j]["response"])
-                                          for i, j in pairs))  # fmt: skip
-        return {"sample_indices": idx, "requests": 2 * len(pairs),
-                "parse_failures": sum(v.parse_failures for v in verdicts),
-                "pairs": [{"i": idx[i], "j": idx[j], **v.model_dump()} for (i, j), v in zip(pairs, verdicts)]}  # fmt: skip
 
 
 class PromptCritic:

@@ -1,0 +1,61 @@
+"""`ServedModel`: a model behind OpenAI-compatible endpoints, or `local` (the embedded vLLM server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serving.client import Endpoint
+from serving.models import DEFAULT_MODEL, served_name
+from serving.vllm import DEFAULT_PORT
+
+
+def check_model_ref(name: str | None) -> str | None:
+    """A model reference that can be loaded later: the bundled name, a model folder, or a hub id
+    'org/name'. Checked when the recipe is read, so a typo fails before any server starts."""
+    if name is None or name == DEFAULT_MODEL:
+        return name
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{name} is not a model folder (no config.json)")
+        return name
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name  # a hub id: usable when the machine is online or the hub cache has it
+    raise ValueError(f"model {name!r} does not exist (not a local folder, not a hub id 'org/name'; "
+                     f"the bundled model is {DEFAULT_MODEL!r})")  # fmt: skip
+
+
+class ServedModel(BaseModel):
+    """A model behind one or more OpenAI-compatible endpoints, or `local` (the embedded vLLM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default=DEFAULT_MODEL, description="model name, local folder or hub id")
+    endpoints: Literal["local"] | list[Endpoint] = Field(default="local")
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="port of the local server")
+    max_concurrency: int = Field(default=32, ge=1, description="in-flight requests (local)")
+    max_model_len: int = Field(default=2048, ge=128)
+    trust_remote_code: bool = Field(default=False, description="let vLLM run the model repo's own code")
+
+    _model_exists = field_validator("model")(check_model_ref)
+
+    @property
+    def is_local(self) -> bool:
+        return self.endpoints == "local"
+
+    def endpoint_list(self) -> list[Endpoint]:
+        if self.endpoints == "local":
+            return [
+                Endpoint(
+                    base_url=f"http://127.0.0.1:{self.port}/v1",
+                    model=served_name(self.model),
+                    max_concurrency=self.max_concurrency,
+                )
+            ]
+        return list(self.endpoints)
+
+    def display_name(self) -> str:
+        return served_name(self.model) if self.is_local else self.endpoint_list()[0].model

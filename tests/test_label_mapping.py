@@ -1,0 +1,89 @@
+"""Judges map what they were shown back to the right completion: UltraFeedback's shuffled display order,
+pairwise's two orders, and the scores and verdicts a built row carries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from flows.dataset.rows import prompt_row
+from flows.prompts import PromptRow
+from judges.contract import Judgement, VerdictRow
+from judges.pairwise import PairwiseConfig, PairwiseJudge
+from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge
+from serving.client import ChatResult, Choice
+
+QUALITY = re.compile(r"quality=(\d)")
+
+
+class RatesByText:
+    """A scripted client (no model): rates each shown answer by the `quality=N` written in it, and
+    answers a pairwise question for whichever shown answer has the higher quality."""
+
+    def __init__(self) -> None:
+        self.shown: list[list[int]] = []
+
+    async def chat(self, messages, **kw) -> ChatResult:  # noqa: ANN001, ANN003
+        text = messages[-1]["content"]
+        if "Answer 1:" in text:  # UltraFeedback frame: answers in the shown order
+            qs = [int(q) for q in QUALITY.findall(text.split("The user asked:")[1])]
+            self.shown.append(qs)
+            body = {"ratings": [{"rating": q, "rationale": ""} for q in qs]}
+        else:  # pairwise: [A] then [B]
+            a, b = (int(q) for q in QUALITY.findall(text)[-2:])
+            body = {"verdict": "A" if a > b else "B" if b > a else "tie", "rationale": ""}
+        return ChatResult(choices=[Choice(text=json.dumps(body))])
+
+
+RESPONSES = [f"answer {k} quality={q}" for k, q in enumerate([2, 5, 1, 4, 3])]
+
+
+@pytest.mark.parametrize("prompt_id", ["p-0", "p-1", "q-17", "xyz"])
+def test_ultrafeedback_shuffles_per_aspect_and_maps_ratings_back(prompt_id):
+    client = RatesByText()
+    judge = UltraFeedbackJudge(UltraFeedbackConfig(), client)
+    j = asyncio.run(judge.judge(prompt_id, "question", RESPONSES))
+    # each completion gets its own quality back on every aspect, whatever order it was shown in
+    assert j.scores == [2.0, 5.0, 1.0, 4.0, 3.0]
+    for ann, q in zip(j.annotations, [2, 5, 1, 4, 3]):
+        assert {a: v["rating"] for a, v in ann.items()} == dict.fromkeys(ASPECTS, q)
+    assert len(client.shown) == len(ASPECTS)
+    assert any(order != [2, 5, 1, 4, 3] for order in client.shown), "never shuffled"
+
+
+def test_ultrafeedback_prefer_shows_exactly_the_given_order():
+    client = RatesByText()
+    judge = UltraFeedbackJudge(UltraFeedbackConfig(aspects=["helpfulness"]), client)
+    first = asyncio.run(judge.prefer("q", "x quality=2", "y quality=4"))
+    second = asyncio.run(judge.prefer("q", "y quality=4", "x quality=2"))
+    assert client.shown == [[2, 4], [4, 2]]
+    assert first.winner == "second" and second.winner == "first"
+
+
+def test_pairwise_two_orders_agree_on_the_better_completion():
+    judge = PairwiseJudge(PairwiseConfig(logprobs=False), RatesByText())
+    j = asyncio.run(judge.judge("p", "question", RESPONSES[:3]))  # qualities 2, 5, 1
+    winners = {(v.i, v.j): v.winner for v in j.verdicts}
+    assert winners == {(0, 1): "y", (0, 2): "x", (1, 2): "x"}
+    assert all(v.consistent for v in j.verdicts)
+    assert j.scores == [0.5, 1.0, 0.0] and j.requests == 6
+
+
+def test_row_maps_judgements_to_sample_indices():
+    """Judgement lists follow the completions' order; rows name completions by sample_index."""
+    comps = [{"sample_index": s, "model": "m", "response": f"r{s}", "sampling": {}, "finish_reason": "stop",
+              "completion_tokens": 1} for s in (3, 0, 2)]  # fmt: skip
+    judged = {
+        "uf": Judgement(scores=[1.0, 5.0, 3.0], annotations=[{"a": {"rating": k}} for k in (1, 5, 3)]),
+        "pw": Judgement(scores=[0.0, 1.0, 0.5], verdicts=[VerdictRow(i=0, j=1, winner="y", consistent=True)]),
+    }
+    prompt = PromptRow(prompt_id="p", prompt="q", messages=[{"role": "user", "content": "q"}])
+    row = prompt_row(prompt, comps, judged, "uf", [])
+    by_index = {c["sample_index"]: c for c in row["completions"]}
+    assert by_index[0]["scores"] == {"uf": 5.0, "pw": 1.0} and by_index[0]["fine_grained_score"] == 5.0
+    assert by_index[3]["annotations"] == {"a": {"rating": 1}}
+    assert row["pairwise_verdicts"] == [{"judge": "pw", "i": 3, "j": 0, "winner": "y", "consistent": True,
+                                         "p_x": None}]  # fmt: skip
