@@ -92,3 +92,24 @@ def test_judge_eval_runs_any_registered_judge():
     assert res.position_consistency == 3 / 4 and res.tie_rate == 1 / 4
     assert res.p_first == 0.5  # order-blind: of 6 decided single-order verdicts, 3 went to the first shown
     assert res.judge == "length"
+
+
+def test_two_judges_of_one_type_keep_their_own_figures(vllm_server, tmp_path):
+    """Bug G: the second UltraFeedback judge's card figures are its own (here: a garbage judge)."""
+    from tests.stubs import always_answers
+
+    with always_answers("no idea") as stub:
+        recipe_file = tmp_path / "r.yaml"
+        recipe_file.write_text(
+            f"prompts:\n  limit: 3\npolicy:\n  port: {vllm_server.port}\nsampling:\n  n: 2\n  max_tokens: 24\n"
+            "judges:\n  - type: ultrafeedback\n    name: real\n    aspects: [helpfulness]\n    max_tokens: 128\n"
+            "  - type: ultrafeedback\n    name: garbage\n    aspects: [honesty, helpfulness]\n"
+            f"    judge:\n      endpoints:\n        - base_url: {stub.base_url}\n          model: stub\n"
+        )
+        summary = run_pipeline(load_recipe(recipe_file), tmp_path / "out")
+    real, garbage = summary.build.judges["real"], summary.build.judges["garbage"]
+    assert (real["requests"], real["ratings"]) == (3, 6)
+    assert (garbage["requests"], garbage["ratings"], garbage["null_ratings"]) == (6, 12, 12)
+    assert garbage["model"] == "stub" and real["model"] != "stub"
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| garbage | ultrafeedback | stub | 6 | 12 | 12 ratings, 12 null |" in card

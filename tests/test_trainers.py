@@ -44,6 +44,19 @@ def test_reward_model_learns_an_easy_preference(tiny_model, arith_dataset, tmp_p
     assert m["test_accuracy"] >= 0.8, m  # chance is 0.5
     norm = json.loads((out / "reward_normalization.json").read_text())
     assert norm["std"] > 0
+    # from the raw texts, not the dataset's labels: a chosen/rejected swap in build or in the trainer
+    # would make the model prefer the bare wrong number here
+    import asyncio
+
+    from judges.registry import make_judge, parse_judge_config
+
+    judge = make_judge(parse_judge_config({"type": "reward_model", "reward_model": str(out)}))
+    wins = 0
+    for k, (a, b) in enumerate([(3, 4), (12, 30), (25, 17), (8, 41), (33, 9), (19, 22)]):
+        good, bad = f"Sure! {a} + {b} = {a + b}.", f"{a + b + 3 + k}"
+        s = asyncio.run(judge.judge(f"t{k}", f"What is {a} + {b}?", [good, bad])).scores
+        wins += s[0] > s[1]
+    assert wins >= 5, wins
 
 
 @pytest.fixture(scope="module")

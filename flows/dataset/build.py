@@ -155,6 +155,7 @@ def build(
         {k: v for k, v in prov.items() if k != "created_at"},
     )
     fp = hashlib.sha256(json.dumps(fp_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / "build.json"
     if marker.exists() and all((out_dir / d).exists() for d in ("binarized", "ultrafeedback", "parquet")):
         old = BuildResult.model_validate(read_json(marker))
@@ -203,6 +204,8 @@ def build(
                     if sft:
                         out[f"{split}_sft"].append(sft)
                 for cp in pq.read_table(s.cpairs_path).to_pylist():
+                    if not constitution_pair_kept(cp, spec, res.stats):
+                        continue
                     out[f"{'test' if test(cp['prompt_id']) else 'train'}_prefs"].append(cp)
                     res.constitution_pairs += 1
                 for split, prs in out.items():
@@ -231,6 +234,17 @@ def build(
     res.judges = judge_figures or {}
     write_json(marker, res.model_dump())
     return res, plot
+
+
+def constitution_pair_kept(pair: dict[str, Any], spec: BinarizeSpec, stats: BinarizeStats) -> bool:
+    """The recipe's `keep_ties` and `min_margin` apply to constitution pairs as to judged ones."""
+    if pair["margin"] <= 0 and not spec.keep_ties:
+        stats.ties_dropped += 1
+        return False
+    if pair["margin"] < spec.min_margin:
+        stats.below_margin += 1
+        return False
+    return True
 
 
 def _from_parquet(path: Path, cache: Path) -> Any:

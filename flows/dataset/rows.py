@@ -51,7 +51,8 @@ def prompt_row(
 def constitution_pairs(
     messages: list[dict[str, str]], prompt_id: str, crits: list[dict], labels: list[dict]
 ) -> list[PairRow]:
-    """Kept revisions beat their original; non-tie labels give chosen/rejected with a soft margin."""
+    """Kept revisions beat their original (margin 1); labels give chosen/rejected with margin
+    2 P(chosen) - 1 (0 for a tie)."""
     out = []
     for c in crits:
         if c["status"] != "kept":
@@ -64,12 +65,10 @@ def constitution_pairs(
             rejected_model=c["model"], origin="constitution", judge="constitution:critique",
             principle_id=c["principle_id"], principle_sha256=c["principle_sha256"],
         ))  # fmt: skip
-    for lab in labels:
-        if lab["winner"] == "tie":
-            continue
-        win, lose = ("x", "y") if lab["winner"] == "x" else ("y", "x")
-        p = lab["p_x"] if lab["p_x"] is not None else (1.0 if win == "x" else 0.0)
-        pc = p if win == "x" else 1 - p
+    for lab in labels:  # a tie is kept with margin 0: `build` applies keep_ties and min_margin
+        win, lose = ("y", "x") if lab["winner"] == "y" else ("x", "y")
+        p = lab["p_x"] if lab["p_x"] is not None else {"x": 1.0, "y": 0.0, "tie": 0.5}[lab["winner"]]
+        pc = 0.5 if lab["winner"] == "tie" else (p if win == "x" else 1 - p)
         out.append(PairRow(
             prompt_id=prompt_id, prompt=messages,
             chosen=[{"role": "assistant", "content": lab[win]}],

@@ -1,0 +1,84 @@
+"""Build rules: constitution pairs obey keep_ties / min_margin (bug H); a crash while the outputs are
+swapped in never leaves a build that looks finished (bug J)."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_from_disk
+
+from flows.dataset.build import ShardFiles, build
+from flows.dataset.rows import constitution_pairs
+from flows.dataset.schema import binarized_features, uf_features
+from flows.recipe import BinarizeSpec
+
+MSG = [{"role": "user", "content": "q"}]
+
+
+def label(winner: str, p_x: float | None, x: str = "x-text", y: str = "y-text") -> dict:
+    return {"winner": winner, "p_x": p_x, "x": x, "y": y, "x_model": "m", "y_model": "m",
+            "principle_id": "p1", "principle_sha256": "s", "consistent": winner != "tie"}  # fmt: skip
+
+
+def test_constitution_labels_carry_their_margin_and_side():
+    pairs = constitution_pairs(MSG, "p", [], [label("y", 0.2), label("x", None), label("tie", 0.5)])
+    assert [p.chosen[0]["content"] for p in pairs] == ["y-text", "x-text", "x-text"]
+    assert [round(p.margin, 6) for p in pairs] == [0.6, 1.0, 0.0]  # P(chosen) 0.8 -> margin 0.6
+
+
+def _shard(tmp_path, cpairs: list[dict]) -> list[ShardFiles]:
+    folder = tmp_path / "shard"
+    folder.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([], schema=uf_features([], [], with_provenance=False).arrow_schema),
+                   folder / "rows.parquet")  # fmt: skip
+    rows = [{**p.model_dump(), "messages": MSG + p.chosen} for p in cpairs]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=binarized_features().arrow_schema), folder / "cpairs.parquet"
+    )
+    return [ShardFiles(rows_path=str(folder / "rows.parquet"), cpairs_path=str(folder / "cpairs.parquet"))]
+
+
+@pytest.mark.parametrize(
+    ("keep_ties", "min_margin", "kept", "ties_dropped", "below_margin"),
+    [(False, 0.0, 2, 1, 0), (True, 0.0, 3, 0, 0), (False, 0.5, 1, 1, 1), (True, 0.5, 1, 0, 2)],
+)
+def test_constitution_pairs_follow_keep_ties_and_min_margin(tmp_path, keep_ties, min_margin, kept,
+                                                            ties_dropped, below_margin):  # fmt: skip
+    labels = [label("x", 0.6), label("y", 0.0), label("tie", None)]  # margins 0.2, 1.0, 0.0
+    files = _shard(tmp_path, constitution_pairs(MSG, "p", [], labels))
+    spec = BinarizeSpec(keep_ties=keep_ties, min_margin=min_margin, test_fraction=0.0)
+    res, _ = build(tmp_path / "out", files, spec, None, uf_features([], []).arrow_schema, {"policy": "m"})
+    assert res.constitution_pairs == kept == res.pairs["train_prefs"]
+    assert (res.stats.ties_dropped, res.stats.below_margin) == (ties_dropped, below_margin)
+
+
+def test_crash_while_swapping_outputs_leaves_no_finished_marker(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    labels = [label("x", 0.9)]
+    files = _shard(tmp_path, constitution_pairs(MSG, "p", [], labels))
+    schema = uf_features([], []).arrow_schema
+    build(out, files, BinarizeSpec(test_fraction=0.0), None, schema, {"policy": "old"})
+    assert (out / "build.json").exists()
+
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def crash_on_second(src, dst):  # noqa: ANN001
+        calls["n"] += 1
+        if calls["n"] == 2 and str(dst).startswith(str(out)):
+            raise OSError("simulated crash between the output folders")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_second)
+    with pytest.raises(OSError, match="simulated crash"):
+        build(out, files, BinarizeSpec(test_fraction=0.0), None, schema, {"policy": "new"})
+    assert not (out / "build.json").exists()  # old/new mix: not marked finished
+    monkeypatch.setattr(os, "replace", real_replace)
+    res, _ = build(out, files, BinarizeSpec(test_fraction=0.0), None, schema, {"policy": "new"})
+    assert not res.cached and (out / "build.json").exists()
+    prov = load_from_disk(str(out / "ultrafeedback")).features  # readable again after the re-run
+    assert prov is not None and load_from_disk(str(out / "binarized"))["train_prefs"].num_rows == 1
