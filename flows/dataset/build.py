@@ -223,7 +223,7 @@ def build(
         n_pairs = res.pairs["train_prefs"] + res.pairs["test_prefs"]
         if n_pairs:
             res.mean_len_chosen, res.mean_len_rejected = len_c / n_pairs, len_r / n_pairs
-        _to_datasets(staging)
+        _to_datasets(staging, fp)
         for name in ("binarized", "ultrafeedback", "parquet"):
             target = out_dir / name
             if target.exists():
@@ -247,32 +247,15 @@ def constitution_pair_kept(pair: dict[str, Any], spec: BinarizeSpec, stats: Bina
     return True
 
 
-def _from_parquet(path: Path, cache: Path) -> Any:
-    """A memory-mapped Dataset from one Parquet file (an empty file gives an empty Dataset)."""
-    import datasets
+def _to_datasets(staging: Path, fingerprint: str) -> None:
+    """`datasets` folders from the Parquet files, streamed batch by batch (bounded memory)."""
+    from flows.dataset.write import write_dataset, write_dataset_dict
 
-    feats = datasets.Features.from_arrow_schema(pq.read_schema(path))
-    if pq.ParquetFile(path).metadata.num_rows == 0:
-        return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
-    return datasets.Dataset.from_parquet(str(path), features=feats, cache_dir=str(cache))
-
-
-def _to_datasets(staging: Path) -> None:
-    """`datasets` folders from the Parquet files (memory-mapped Arrow, never all rows in Python)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    cache = staging / ".hf-cache"
-    splits = {s: _from_parquet(staging / "parquet" / "binarized" / f"{s}.parquet", cache) for s in SPLITS}
-    dd = datasets.DatasetDict(splits)
-    # an empty split needs num_shards=1 or `datasets` writes no data file and cannot load it back
-    dd.save_to_disk(
-        str(staging / "binarized"), num_shards={k: 1 for k, v in splits.items() if len(v) == 0} or None
+    pq_dir = staging / "parquet"
+    write_dataset_dict(
+        {s: pq_dir / "binarized" / f"{s}.parquet" for s in SPLITS}, staging / "binarized", fingerprint
     )
-    uf = _from_parquet(staging / "parquet" / "ultrafeedback" / "train.parquet", cache)
-    uf.save_to_disk(str(staging / "ultrafeedback"), num_shards=1 if len(uf) == 0 else None)
-    del dd, uf, splits
-    shutil.rmtree(cache, ignore_errors=True)
+    write_dataset(pq_dir / "ultrafeedback" / "train.parquet", staging / "ultrafeedback", f"{fingerprint}-uf")
 
 
 def sum_tallies(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from flows import progress
 from flows.engine.manifest import Manifest, ShardRef
 from flows.engine.plan import expected_requests
-from flows.engine.shard import ShardPlan, ShardResult, run_shard
+from flows.engine.shard import ShardPlan, ShardResult, finished, run_shard
 from flows.shards import read_json
 from serving.errors import DataError
 
@@ -134,7 +134,14 @@ def run_shards(spec: RunSpec) -> EngineResult:
     in_process = spec.task_runner != "dask"
     by_index: dict[int, ShardResult] = {}
     with progress.bars(totals, "run"):
-        futures = [t.submit(ref=ref, fingerprint=f"{ref.sha256}:{fp}", plan=plan) for ref in man.shards]
+        todo = []
+        for ref in man.shards:  # a finished shard is read back here: no task run, no API calls
+            if (done := finished(ref, plan)) is not None:
+                progress.advance("prompts", ref.prompts)
+                by_index[ref.index] = done
+            else:
+                todo.append(ref)
+        futures = [t.submit(ref=ref, fingerprint=f"{ref.sha256}:{fp}", plan=plan) for ref in todo]
         res.task_runs = len(futures)
         for fut in as_completed(futures):
             r = fut.result()

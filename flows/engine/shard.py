@@ -179,15 +179,23 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
-    """Process one shard (or find it finished); journalled requests are never sent again."""
-    fp = plan.fingerprint()
-    folder = Path(plan.out_dir) / "shards" / ref.name
-    done_path = folder / f"result-{fp}.json"
+def finished(ref: ShardRef, plan: ShardPlan) -> ShardResult | None:
+    """The shard's result when it was already done with this plan (its rows file exists)."""
+    done_path = Path(plan.out_dir) / "shards" / ref.name / f"result-{plan.fingerprint()}.json"
     if done_path.exists():
         res = ShardResult.model_validate(read_json(done_path))
         if Path(res.rows_path).exists():
             return res.model_copy(update={"cached": True})
+    return None
+
+
+def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
+    """Process one shard (or find it finished); journalled requests are never sent again."""
+    if (done := finished(ref, plan)) is not None:
+        return done
+    fp = plan.fingerprint()
+    folder = Path(plan.out_dir) / "shards" / ref.name
+    done_path = folder / f"result-{fp}.json"
     t0 = time.monotonic()
     prompts = read_shard(ref)
     stats: dict[str, StageStats] = {}
