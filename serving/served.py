@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.client import Endpoint
+from serving.config_files import field_error
 from serving.models import DEFAULT_MODEL, served_name
 from serving.vllm import DEFAULT_PORT
 
@@ -40,7 +41,15 @@ class ServedModel(BaseModel):
     max_model_len: int = Field(default=2048, ge=128)
     trust_remote_code: bool = Field(default=False, description="let vLLM run the model repo's own code")
 
-    _model_exists = field_validator("model")(check_model_ref)
+    @model_validator(mode="after")
+    def _local_model_exists(self) -> ServedModel:
+        """Only a local model is loaded from `model`; behind endpoints it is just a name."""
+        if self.is_local:
+            try:
+                check_model_ref(self.model)
+            except ValueError as exc:
+                raise field_error(("model",), str(exc), self.model) from None
+        return self
 
     @property
     def is_local(self) -> bool:

@@ -141,3 +141,12 @@ def test_output_folder_is_not_created_when_prompts_are_bad(capsys, tmp_path):
     path = recipe(tmp_path, f"prompts:\n  path: {tmp_path}/missing.jsonl\n")
     code, _ = run_cli(capsys, "generate", path, "--out", str(tmp_path / "deep" / "out"))
     assert code == 2 and not (tmp_path / "deep").exists()
+
+
+def test_model_names_behind_endpoints_are_not_checked_as_folders():
+    from flows.recipe import parse_recipe
+
+    eps = [{"base_url": "http://127.0.0.1:9/v1", "model": "gpt-x"}]
+    r = parse_recipe({"policy": {"model": "gpt-x", "endpoints": eps},
+                      "judges": [{"type": "pairwise", "judge": {"model": "judge-70b", "endpoints": eps}}]})  # fmt: skip
+    assert r.policy.model == "gpt-x" and r.judges[0].judge.model == "judge-70b"
