@@ -50,9 +50,11 @@ def test_critique_label_and_edit_one_principle(policy_endpoint, tmp_path):
     per = first.critique["per_principle"]
     assert set(per) == {"kind", "short"} and sum(p["critiques"] for p in per.values()) == 8
     pairs = pq.read_table(first.cpairs_path).to_pylist()
-    kept = sum(p.get("pairs", 0) for p in per.values()) - sum(
-        1 for p in pairs if p["judge"] == "constitution:label"
-    )
+    labels = [p for p in pairs if p["judge"] == "constitution:label"]
+    assert len(labels) == first.critique["labels"] == 4  # ties too (margin 0): build applies keep_ties
+    ties = first.critique["labels"] - first.critique["labels_consistent"]  # A/B only: a tie = disagreement
+    assert sum(p["margin"] == 0 for p in labels) >= ties
+    kept = sum(p.get("pairs", 0) for p in per.values()) - (first.critique["labels"] - ties)
     assert sum(p["judge"] == "constitution:critique" for p in pairs) == kept
     for p in pairs:
         assert p["origin"] == "constitution" and p["principle_sha256"] == shas[p["principle_id"]]

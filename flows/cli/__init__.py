@@ -1,0 +1,87 @@
+"""The `rlaif` command line: serve, generate, run, judge-eval, constitution, train, eval-policy, schedule.
+
+Every error a user can cause prints one line (`rlaif: error: ...`) and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from flows.cli import constitution, judge, run, schedule, serve, train
+from flows.cli.run import closing_table, load_with_overrides
+from serving.errors import RlaifError
+
+__all__ = ["build_parser", "closing_table", "load_with_overrides", "main"]
+
+# One module per command group, in the order `rlaif --help` lists their commands.
+COMMAND_GROUPS = (serve, run, judge, constitution, train, schedule)
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _quiet_prefect_console() -> None:
+    """Failed tasks reach the user as one `rlaif: error:` line, not Prefect's console tracebacks.
+    Logs still go to the Prefect API (UI); RLAIF_VERBOSE=1 keeps the console output."""
+    if os.environ.get("RLAIF_VERBOSE", "").lower() in ("1", "true", "yes"):
+        return
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for name in ("", "prefect", "prefect._internal"):  # Prefect's console handlers sit on the root logger
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ in ("PrefectConsoleHandler", "_SafeStreamHandler"):
+                handler.setLevel(logging.CRITICAL)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlaif",
+        description="Preference data with AI feedback: a vLLM policy writes completions, LLM judges "
+        "rate and compare them, constitutions drive critique-and-revision, and the result is a "
+        "Hugging Face dataset with TRL-ready chosen/rejected pairs.",
+        epilog="examples:\n"
+        "  rlaif run recipes/demo.yaml                  # the whole pipeline on the bundled model\n"
+        "  rlaif run recipes/demo.yaml --limit 4 --out runs/try\n"
+        "  rlaif constitution check constitutions/*.yaml\n"
+        "  rlaif train dpo --dataset runs/demo --max-steps 50\n"
+        "  rlaif schedule recipes/demo.yaml --cron '0 2 * * *'\n\n"
+        "Errors print one line (`rlaif: error: ...`) and exit 2; re-running a command resumes it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.add_commands(sub)
+    return parser
+
+
+def _sigterm(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_env()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)  # `kill` unwinds like Ctrl-C: local vLLM servers are stopped
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_prefect_console()
+    try:
+        return int(args.fn(args) or 0)
+    except RlaifError as exc:
+        print(f"rlaif: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlaif: interrupted; finished shards are kept, re-run the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130

@@ -1,0 +1,125 @@
+"""`rlaif generate` and `rlaif run`: a recipe's completions or its whole pipeline.
+
+Re-running either into the same folder resumes it; `run` ends with `closing_table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from serving.errors import RlaifError
+
+if TYPE_CHECKING:
+    from flows.pipeline import RunSummary
+    from flows.recipe import Recipe
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (see recipes/demo.yaml)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--out", help="output folder (overrides the recipe's `output`)")
+
+
+def load_with_overrides(args: argparse.Namespace) -> tuple[Recipe, Path]:
+    """The recipe named by `args.recipe` with `--limit` applied, and the output folder (`--out` wins)."""
+    from flows.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if getattr(args, "limit", None) is not None:
+        if args.limit < 1:
+            raise RlaifError(f"--limit must be >= 1, got {args.limit}")
+        recipe.prompts.limit = args.limit
+    out = Path(args.out) if getattr(args, "out", None) else recipe.output_dir()
+    return recipe, out
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_generate
+
+    recipe, out = load_with_overrides(args)
+    summary = run_generate(recipe, out, recipe_dir=Path(args.recipe).parent)
+    res = summary.stages["generate"]
+    rate = f"{res.tokens_per_s():.1f} tokens/s" if res.requests else "all from the journal, 0 requests"
+    print(f"generate: {res.prompts} prompts, {res.rows} completions, {res.completion_tokens} tokens, {rate}, "
+          f"skipped {res.skipped or 0} -> {out}")  # fmt: skip
+
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_pipeline
+
+    recipe, out = load_with_overrides(args)
+    summary = run_pipeline(recipe, out, recipe_dir=Path(args.recipe).parent)
+    print(closing_table(summary))
+    print(summary.one_line())
+    return 0
+
+
+def closing_table(summary: RunSummary) -> str:
+    """What a user wants to see at the end: pairs, judge quality, training effect, where things are."""
+    b = summary.build
+    rows: list[tuple[str, str]] = []
+    if b is not None:
+        rows.append(
+            ("pairs (train/test)", f"{b.pairs.get('train_prefs', 0)} / {b.pairs.get('test_prefs', 0)}")
+        )
+        rows.append(("best-of-N SFT rows", str(b.pairs.get("train_sft", 0) + b.pairs.get("test_sft", 0))))
+        if b.constitution_pairs:
+            rows.append(("pairs from the constitution", str(b.constitution_pairs)))
+        for key, f in b.judges.items():
+            for label, value in (f.get("headline") or {}).items():
+                rows.append(
+                    (f"judge {key}: {label}", f"{value:.2f}" if isinstance(value, float) else str(value))
+                )
+            rows.append((f"judge {key}: parse failures", str(f["parse_failures"])))
+    for name, st in summary.stages.items():
+        tps = (
+            f", {st.tokens_per_s():.1f} tok/s"
+            if st.new_completion_tokens
+            else " (from cache)"
+            if not st.requests and name != "build"
+            else ""
+        )
+        rows.append((f"stage {name}", f"{st.wall_s:.0f}s, {st.requests} requests{tps}"))
+    t = summary.train
+    if t:
+        acc = (t.get("preference_accuracy_before"), t.get("preference_accuracy_after"))
+        if acc[0] is not None:
+            rows.append(
+                (f"{t['method']}: preference accuracy before -> after", f"{acc[0]:.2f} -> {acc[1]:.2f}")
+            )
+        if t.get("eval_rewards_accuracy") is not None:
+            rows.append(
+                (f"{t['method']}: eval rewards/accuracies (after)", f"{t['eval_rewards_accuracy']:.2f}")
+            )
+        if t.get("test_accuracy") is not None:
+            rows.append((f"{t['method']}: test accuracy", f"{t['test_accuracy']:.2f}"))
+        rows.append((f"{t['method']} model", t["output"]))
+    out = Path(summary.out_dir)
+    rows += [("dataset (datasets)", f"{out}/binarized, {out}/ultrafeedback"), ("dataset card", f"{out}/README.md"),
+             ("summary", f"{out}/summary.json")]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "generate", help="generate completions for a recipe's prompts",
+        description="Generate `sampling.n` completions per prompt with the recipe's policy (no judges) and "
+        "build OUT/ultrafeedback with them. Every answer is journalled under OUT/shards/: a re-run sends "
+        "only what is missing, and a later `rlaif run` into the same folder reuses these completions.",
+    )  # fmt: skip
+    _recipe_args(p)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser(
+        "run", help="generate -> judge -> (critique) -> build -> (train) as one flow",
+        description="Run the recipe's whole pipeline as one Prefect flow and write OUT/ultrafeedback, "
+        "OUT/binarized (TRL-ready), Parquet, the dataset card OUT/README.md and OUT/summary.json. "
+        "Local models are served by vLLM on 127.0.0.1 (started, or reused when already up).",
+    )  # fmt: skip
+    _recipe_args(p)
+    p.set_defaults(fn=cmd_run)
