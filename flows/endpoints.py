@@ -10,6 +10,7 @@ import httpx
 from flows.recipe import ServedModel
 from serving.client import Endpoint
 from serving.errors import EndpointError
+from serving.models import model_identity
 from serving.vllm import VllmServer
 
 
@@ -34,19 +35,23 @@ def check_endpoint(ep: Endpoint, timeout: float = 10.0) -> None:
 
 @contextmanager
 def live_endpoints(*specs: ServedModel) -> Iterator[list[list[Endpoint]]]:
-    """Endpoints for each spec; local models share one server per (model, port)."""
+    """Endpoints for each spec; local models share one server per (model, port).
+
+    A model is told apart by its folder (`model_identity`), not its spelling nor its basename: `./m` and
+    `/abs/m` share one server, two folders both named `m` need two ports.
+    """
     servers: dict[tuple[str, int], VllmServer] = {}
     with ExitStack() as stack:
         out = []
         for spec in specs:
             if spec.is_local:
-                key = (spec.model, spec.port)
+                key = (model_identity(spec.model), spec.port)
                 if key not in servers:
-                    ports = {p for (_, p) in servers}
-                    if spec.port in ports:
+                    other = next((m for (m, p) in servers if p == spec.port), None)
+                    if other is not None:
                         raise EndpointError(
-                            f"two different local models on port {spec.port}: give the judge its "
-                            "own `port:` in the recipe"
+                            f"two different local models on port {spec.port} ({other} and {key[0]}): "
+                            "give the judge its own `port:` in the recipe"
                         )
                     server = VllmServer(spec.model, port=spec.port, max_model_len=spec.max_model_len,
                                         extra_args=["--trust-remote-code"] if spec.trust_remote_code else None)  # fmt: skip

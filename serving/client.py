@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover
 
 T = TypeVar("T")
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+WRONG_ENDPOINT = {401, 403, 404}  # bad key, no access, unknown model: not the request's fault
 # What a dropped connection, a refused connect or a timeout raises (retried like a 5xx).
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -293,6 +294,10 @@ class LLMClient:
                     elif status:
                         detail = data.decode("utf-8", "replace")[:300].replace("\n", " ")
                         last_error = f"HTTP {status} from {url}: {detail}"
+                        if status in WRONG_ENDPOINT:  # the key or model is wrong, not this request:
+                            counters.failures += 1  # fail loudly, so nothing records it as a skip
+                            raise EndpointError(f"{last_error} (check the endpoint's model name and "
+                                                "api_key_env; re-run after fixing it)")  # fmt: skip
                         if status not in RETRYABLE_STATUS:
                             counters.failures += 1
                             raise RequestRejected(last_error, status)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,9 @@ from serving.errors import ModelError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = ".rlaif-materialized.json"
+# Files whose names and sizes stand for a folder's weights in `model_identity` (hashing gigabytes of
+# weights on every run would cost minutes).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
 
 
 def rlaif_home() -> Path:
@@ -98,6 +102,35 @@ def served_name(name: str | None) -> str:
     if not name or name == DEFAULT_MODEL:
         return DEFAULT_MODEL
     return Path(name).name if Path(name).expanduser().exists() else name
+
+
+def model_identity(model: str | None) -> str:
+    """A short identity that tells models apart where `served_name` cannot.
+
+    A local folder is `<served_name>@<sha256[:12]>` over its resolved path, its config.json bytes and
+    the names and sizes of its weight files: two folders with the same basename never share it, nor
+    does a folder whose config or weight files changed shape. (Weights retrained in place with the same
+    shapes keep it: their bytes are not read.) Anything else (the bundled model's name, a hub id, a name
+    behind an endpoint) is its own identity.
+    """
+    if not model:
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    path = path.resolve()
+    h = hashlib.sha256()
+    h.update(str(path).encode() + b"\0")
+    try:
+        h.update((path / "config.json").read_bytes())
+    except OSError:
+        h.update(b"(no config.json)")
+    h.update(b"\0")
+    weights = sorted(  # the folder's own files: what vLLM and transformers load (not checkpoint-*/)
+        (f.name, f.stat().st_size) for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()
+    )
+    h.update(json.dumps(weights).encode())
+    return f"{served_name(model)}@{h.hexdigest()[:12]}"
 
 
 if __name__ == "__main__":

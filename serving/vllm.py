@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -25,22 +26,43 @@ def _is_cuda() -> bool:
     return os.environ.get("RLAIF_DEVICE", "cpu").lower() == "cuda"
 
 
-def server_models(base_url: str, timeout: float = 2.0) -> list[str] | None:
-    """The model ids a running OpenAI-compatible server lists, or None when it does not answer."""
+def server_cards(base_url: str, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+    """The model cards (`id`, and from vLLM `root`: the `--model` it was started with) a running
+    OpenAI-compatible server lists, or None when it does not answer."""
     try:
         resp = httpx.get(f"{base_url.rstrip('/')}/models", timeout=timeout)
         if resp.status_code != 200:
             return None
-        return [m["id"] for m in resp.json().get("data", [])]
-    except (httpx.HTTPError, ValueError, KeyError):
+        cards = resp.json().get("data", [])
+        if not all(isinstance(c, dict) and "id" in c for c in cards):
+            return None
+        return cards
+    except (httpx.HTTPError, ValueError, AttributeError):
         return None
+
+
+def server_models(base_url: str, timeout: float = 2.0) -> list[str] | None:
+    """The model ids a running OpenAI-compatible server lists, or None when it does not answer."""
+    cards = server_cards(base_url, timeout)
+    return None if cards is None else [c["id"] for c in cards]
+
+
+def same_model_ref(a: str | None, b: str | None) -> bool:
+    """Whether two model references load the same model: folders by resolved path, else by name."""
+    if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() or pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
 
 
 class VllmServer:
     """Context manager around `python -m vllm.entrypoints.openai.api_server`.
 
-    If a healthy server already answers on the port with the same served model name it is reused
-    (and left running on exit).
+    If a healthy server already answers on the port serving the same model *folder* (vLLM lists the
+    path it was started with as `root`) under the same name, it is reused (and left running on exit);
+    a server of any other model there, even one with the same folder name, is an error.
     """
 
     def __init__(
@@ -94,14 +116,15 @@ class VllmServer:
 
     def start(self) -> VllmServer:
         model_path = resolve_model(self.model)  # a bad model name fails before anything starts
-        listed = server_models(self.base_url)
-        if listed is not None:
-            if self.model_name in listed:
+        cards = server_cards(self.base_url)
+        if cards is not None:
+            if any(c["id"] == self.model_name and same_model_ref(c.get("root"), model_path) for c in cards):
                 self.reused = True
                 return self
+            theirs = ", ".join(f"{c['id']!r} ({c.get('root') or 'folder not listed'})" for c in cards)
             raise EndpointError(
-                f"port {self.port} is taken by a server serving {listed}, not {self.model_name!r}: "
-                "stop it or pick another port (--port)"
+                f"port {self.port} is taken by a server serving {theirs or 'no model'}, not "
+                f"{self.model_name!r} ({model_path}): stop it or pick another port (--port)"
             )
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")

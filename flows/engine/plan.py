@@ -10,6 +10,7 @@ from flows.recipe import Recipe
 from judges.base import TEMPLATES
 from judges.registry import make_judge
 from serving.client import Endpoint
+from serving.models import model_identity, served_name
 
 
 def templates_sha(*names: str) -> str:
@@ -29,12 +30,16 @@ def make_plan(
     runs = [JudgeRun(spec=s, endpoints=eps if make_judge(s).uses_endpoint else [],
                      template_sha=make_judge(s).fingerprint()) for s, eps in zip(recipe.judges, judge_eps)]  # fmt: skip
     crit = recipe.critique if constitution_path else None
+    served = [recipe.policy, *(recipe.judge_endpoint(j.judge) for j in recipe.judges)]
+    served += [recipe.judge_endpoint(recipe.critique.judge)] if crit else []
+    model_ids = {served_name(m.model): model_identity(m.model) for m in served if m.is_local}
     return ShardPlan(
         out_dir=str(out.resolve()), policy_model=recipe.policy.display_name(), policy_endpoints=endpoints[0],
         sampling=recipe.sampling, judges=runs, critique=crit,
         critique_endpoints=endpoints[-1] if crit else [], constitution_path=constitution_path,
         constitution_sha=(f"{constitution_sha}:{templates_sha('constitutional_choice.jinja2')}" if crit else None),
         client=recipe.client, concurrency_share=concurrency_share, prompts_in_flight=recipe.prompts_in_flight,
+        model_ids=model_ids,
     )  # fmt: skip
 
 

@@ -52,6 +52,12 @@ class ShardPlan(BaseModel):
     client: ClientConfig = Field(default_factory=ClientConfig)
     concurrency_share: float = Field(default=1.0, gt=0, le=1, description="this process's share (Dask)")
     prompts_in_flight: int | None = None
+    model_ids: dict[str, str] = Field(default_factory=dict)  # served name -> identity of a local folder
+
+    def model_key(self, served: str) -> str:
+        """What journal keys use for a model: a local folder's content identity, else its name (two
+        folders with the same basename never share journalled answers)."""
+        return self.model_ids.get(served, served)
 
     def fingerprint(self) -> str:
         """What the shard's rows depend on (not where the endpoints are, nor how fast we go)."""
@@ -60,7 +66,7 @@ class ShardPlan(BaseModel):
             "judges": [[j.spec.key, [e.model for e in j.endpoints], j.template_sha] for j in self.judges],
             "critique": self.critique.model_dump(exclude={"judge"}) if self.critique else None,
             "critique_models": [e.model for e in self.critique_endpoints], "constitution": self.constitution_sha,
-            "format": 3,
+            "models": self.model_ids, "format": 3,
         }  # fmt: skip
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -136,7 +142,12 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
         if stage not in clients:
             return None
         return RecordingClient(
-            clients[stage], journal, stage, model, stats[stage], lambda: progress.advance("requests")
+            clients[stage],
+            journal,
+            stage,
+            plan.model_key(model),
+            stats[stage],
+            lambda: progress.advance("requests"),
         )
 
     gen = rec("generate", plan.policy_endpoints, plan.policy_model)
