@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import pstats
 import time
 from collections.abc import Awaitable, Callable
@@ -22,36 +23,10 @@ import common  # noqa: F401 - puts the repository root on sys.path
 import httpx
 from stub_server import start_stub
 
+from judges.ultrafeedback import rating_schema
 from serving.client import ClientConfig, Endpoint, LLMClient
 
-SCHEMA = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "ratings",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {
-                "ratings": {
-                    "type": "array",
-                    "minItems": 4,
-                    "maxItems": 4,
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "rating": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
-                            "rationale": {"type": "string", "maxLength": 120},
-                        },
-                        "required": ["rating", "rationale"],
-                        "additionalProperties": False,
-                    },
-                }
-            },
-            "required": ["ratings"],
-            "additionalProperties": False,
-        },
-    },
-}
+SCHEMA = rating_schema(4)  # the UltraFeedback judge's own response_format for 4 answers
 ANSWER = "The capital of France is Paris, a city on the Seine known for its museums and history. "
 MESSAGES = [
     {"role": "system", "content": "You are a careful judge. Rate each answer for helpfulness from 1 to 5."},
@@ -76,26 +51,14 @@ def make_ours(base_url: str, conc: int) -> tuple[Send, Callable[[], Awaitable[No
     return send, client.aclose
 
 
-def make_openai(base_url: str, conc: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(base_url=base_url, api_key="none", max_retries=5, timeout=600.0)
-    sem = asyncio.Semaphore(conc)
-
-    async def send() -> str:
-        async with sem:
-            resp = await client.chat.completions.create(model="stub", messages=MESSAGES, **KW)  # type: ignore[arg-type]
-        assert resp.usage is not None and resp.choices[0].finish_reason
-        return resp.choices[0].message.content or ""
-
-    return send, client.close
-
-
-def make_openai_aiohttp(base_url: str, conc: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
+def make_openai(
+    base_url: str, conc: int, aiohttp: bool = False
+) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    """`openai.AsyncOpenAI` on its default httpx transport, or on its aiohttp one."""
     from openai import AsyncOpenAI, DefaultAioHttpClient
 
-    client = AsyncOpenAI(base_url=base_url, api_key="none", max_retries=5, timeout=600.0,
-                         http_client=DefaultAioHttpClient())  # fmt: skip
+    extra = {"http_client": DefaultAioHttpClient()} if aiohttp else {}
+    client = AsyncOpenAI(base_url=base_url, api_key="none", max_retries=5, timeout=600.0, **extra)
     sem = asyncio.Semaphore(conc)
 
     async def send() -> str:
@@ -163,7 +126,7 @@ def make_httpx(base_url: str, conc: int) -> tuple[Send, Callable[[], Awaitable[N
 CLIENTS = {
     "ours": make_ours,
     "openai": make_openai,
-    "openai-aiohttp": make_openai_aiohttp,
+    "openai-aiohttp": functools.partial(make_openai, aiohttp=True),
     "ours-httpx": make_httpx,
 }
 

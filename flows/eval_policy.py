@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from flows.endpoints import live_endpoints
 from flows.prompts import PromptRow, load_prompts
 from flows.recipe import Recipe, ServedModel, load_recipe
+from judges.contract import both_orders
 from judges.pairwise import PairwiseConfig
 from judges.registry import make_judge
 from serving.client import ClientConfig, run_sync, shared_client
@@ -67,14 +68,11 @@ def eval_policy(
     with live_endpoints(judge_served) as (eps,):
         judge = make_judge(config, shared_client(eps, cfg))
 
-        async def both(prompt: str, x: str, y: str) -> str:  # x = A's answer; both orders must agree
-            f, r = await asyncio.gather(judge.prefer(prompt, x, y), judge.prefer(prompt, y, x))
-            pick_f = {"first": "x", "second": "y"}.get(f.winner or "")
-            pick_r = {"first": "y", "second": "x"}.get(r.winner or "")
-            return pick_f if pick_f is not None and pick_f == pick_r else "tie"
-
-        async def go() -> list[str]:
-            return list(await asyncio.gather(*(both(p.prompt, x, y) for p, x, y in zip(prompts, a, b))))
+        async def go() -> list[str]:  # x = A's answer; a win needs both orders
+            res = await asyncio.gather(
+                *(both_orders(judge, p.prompt, x, y) for p, x, y in zip(prompts, a, b))
+            )
+            return [w for w, _, _ in res]
 
         winners = run_sync(go)
     wins, losses = winners.count("x"), winners.count("y")

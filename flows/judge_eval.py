@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from judges.contract import Judge, Preference
+from judges.contract import Judge, both_orders
 from serving.errors import DataError
 
 
@@ -57,22 +57,11 @@ def load_pairs(path: Path) -> list[LabelledPair]:
 
 async def evaluate(judge: Judge, pairs: list[LabelledPair]) -> JudgeEval:
     """Every pair judged in both orders (chosen shown first, then rejected shown first)."""
-
-    async def one(p: LabelledPair) -> tuple[Preference, Preference]:
-        return await asyncio.gather(judge.prefer(p.prompt, p.chosen, p.rejected),
-                                    judge.prefer(p.prompt, p.rejected, p.chosen))  # fmt: skip
-
-    results = await asyncio.gather(*(one(p) for p in pairs))
+    results = await asyncio.gather(*(both_orders(judge, p.prompt, p.chosen, p.rejected) for p in pairs))
     n = len(results)
-    score = consistent = ties = firsts = decided = 0.0
+    firsts = decided = 0
     soft: list[float] = []
-    for a, b in results:  # a: chosen shown first; b: rejected shown first
-        pick_a = {"first": "chosen", "second": "rejected"}.get(a.winner or "")
-        pick_b = {"first": "rejected", "second": "chosen"}.get(b.winner or "")
-        agree = pick_a is not None and pick_a == pick_b
-        consistent += agree
-        ties += not agree
-        score += (pick_a == "chosen") if agree else 0.5
+    for _, a, b in results:  # a: chosen shown first; b: rejected shown first
         for v in (a, b):
             if v.winner in ("first", "second"):
                 decided += 1
@@ -80,9 +69,11 @@ async def evaluate(judge: Judge, pairs: list[LabelledPair]) -> JudgeEval:
         probs = [x for x in (a.p_first, None if b.p_first is None else 1 - b.p_first) if x is not None]
         if probs:
             soft.append(sum(probs) / len(probs))
+    winners = [w for w, _, _ in results]  # x = chosen
     return JudgeEval(
-        n=n, accuracy=score / n, position_consistency=consistent / n, tie_rate=ties / n,
+        n=n, accuracy=(winners.count("x") + 0.5 * winners.count("tie")) / n,
+        position_consistency=(n - winners.count("tie")) / n, tie_rate=winners.count("tie") / n,
         p_first=firsts / decided if decided else None,
         soft_accuracy=sum(soft) / len(soft) if soft else None,
-        parse_failures=sum(a.parse_failures + b.parse_failures for a, b in results), judge=judge.type,
+        parse_failures=sum(a.parse_failures + b.parse_failures for _, a, b in results), judge=judge.type,
     )  # fmt: skip

@@ -64,6 +64,17 @@ class Preference(BaseModel):
     parse_failures: int = 0
 
 
+async def both_orders(judge: Judge, prompt: str, x: str, y: str) -> tuple[Winner, Preference, Preference]:
+    """x vs y shown both ways: "x"/"y" only when both orders pick it, else "tie"; and the two
+    single-order preferences (x shown first, then y shown first)."""
+    import asyncio
+
+    fwd, bwd = await asyncio.gather(judge.prefer(prompt, x, y), judge.prefer(prompt, y, x))
+    pick_f = {"first": "x", "second": "y"}.get(fwd.winner or "")
+    pick_b = {"first": "y", "second": "x"}.get(bwd.winner or "")
+    return (pick_f if pick_f is not None and pick_f == pick_b else "tie"), fwd, bwd  # type: ignore[return-value]
+
+
 def add(t: dict[str, Any], key: str, n: float = 1) -> None:
     t[key] = t.get(key, 0) + n
 

@@ -102,7 +102,6 @@ class PairwiseJudge(Judge):
     type = "pairwise"
     config_class = PairwiseConfig
     templates = ("pairwise.jinja2",)
-    template = "pairwise.jinja2"
 
     def __init__(self, config: PairwiseConfig | None = None, client: Any = None) -> None:
         super().__init__(config or PairwiseConfig(), client)
@@ -112,7 +111,7 @@ class PairwiseJudge(Judge):
         return n * (n - 1)
 
     def messages(self, prompt: str, a: str, b: str) -> list[dict[str, str]]:
-        text = render(self.template, prompt=clip(prompt), response_a=clip(a), response_b=clip(b))
+        text = render(self.templates[0], prompt=clip(prompt), response_a=clip(a), response_b=clip(b))
         return [{"role": "user", "content": text}]
 
     async def judge_order(self, prompt: str, a: str, b: str) -> OrderedVerdict:

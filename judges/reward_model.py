@@ -4,7 +4,6 @@ so a second round of data can be labelled by the model trained on the first."""
 from __future__ import annotations
 
 import asyncio
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,8 +39,9 @@ class RewardModelJudge(Judge):
         super().__init__(config, client)
         self.cfg = config
 
-    @cached_property
+    @property
     def scorer(self) -> Any:
+        """Loaded on first use, once per process (every shard's judge shares it)."""
         return _scorer(str(Path(self.cfg.reward_model).expanduser().resolve()), self.cfg.max_length)
 
     def requests_per_prompt(self, n: int) -> int:

@@ -27,8 +27,9 @@ def make_plan(
 ) -> ShardPlan:  # fmt: skip
     """`endpoints` = [policy, judge 1..k, critique?] as `live_endpoints` returns them."""
     judge_eps = endpoints[1 : 1 + len(recipe.judges)]
-    runs = [JudgeRun(spec=s, endpoints=eps if make_judge(s).uses_endpoint else [],
-                     template_sha=make_judge(s).fingerprint()) for s, eps in zip(recipe.judges, judge_eps)]  # fmt: skip
+    judges = [make_judge(s) for s in recipe.judges]
+    runs = [JudgeRun(spec=j.config, endpoints=eps if j.uses_endpoint else [], template_sha=j.fingerprint())
+            for j, eps in zip(judges, judge_eps)]  # fmt: skip
     crit = recipe.critique if constitution_path else None
     served = [recipe.policy, *(recipe.judge_endpoint(j.judge) for j in recipe.judges)]
     served += [recipe.judge_endpoint(recipe.critique.judge)] if crit else []

@@ -137,7 +137,7 @@ def _constitution(plan: ShardPlan) -> Any:
 
 async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: dict[str, StageStats],
                   clients: dict[str, Any]) -> list:  # fmt: skip
-    def rec(stage: str, eps: list[Endpoint], model: str) -> RecordingClient | None:
+    def rec(stage: str, model: str) -> RecordingClient | None:
         stats[stage] = StageStats()
         if stage not in clients:
             return None
@@ -150,14 +150,14 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
             lambda: progress.advance("requests"),
         )
 
-    gen = rec("generate", plan.policy_endpoints, plan.policy_model)
-    judges = [make_judge(j.spec, rec(f"judge:{j.spec.key}", j.endpoints, j.endpoints[0].model if j.endpoints else ""))
+    gen = rec("generate", plan.policy_model)
+    judges = [make_judge(j.spec, rec(f"judge:{j.spec.key}", j.endpoints[0].model if j.endpoints else ""))
               for j in plan.judges]  # fmt: skip
     keys = [j.spec.key for j in plan.judges]
     critic = None
     if plan.critique is not None and plan.constitution_path:
         eps = plan.critique_endpoints
-        critic = PromptCritic(plan.critique, _constitution(plan), rec("critique", eps, eps[0].model))
+        critic = PromptCritic(plan.critique, _constitution(plan), rec("critique", eps[0].model))
     window = asyncio.Semaphore(plan.window())
     results: list[Any] = [None] * len(prompts)
 
