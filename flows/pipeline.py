@@ -21,10 +21,12 @@ from flows.engine.plan import make_plan
 from flows.engine.run import (
     EngineResult,
     RunSpec,
+    all_finished,
     api_for_workers,
     dask_share,
     peak_rss_mb,
     run_shards,
+    start_prefect_api,
     task_runner,
     tune_gc,
 )
@@ -94,24 +96,34 @@ def constitution_ref(recipe: Recipe, recipe_dir: Path | None) -> tuple[Any, str 
 
 
 def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> RunSummary:
-    """`rlaif run`: validate everything, then the pipeline flow with servers started/reused."""
+    """`rlaif run`: validate everything, then the pipeline flow with servers started/reused.
+
+    When every shard is already finished with this plan there is nothing to send: the build, card and
+    summary are brought up to date without starting a model server or a Prefect flow run."""
     check_writable(out)
     constitution, cpath = constitution_ref(recipe, recipe_dir)
     manifest = prepare_prompts(recipe, out, recipe_dir)
-    judge_specs = [recipe.judge_endpoint(j.judge) for j in recipe.judges]
-    crit_spec = [recipe.judge_endpoint(recipe.critique.judge)] if recipe.critique else []
-    with live_endpoints(recipe.policy, *judge_specs, *crit_spec) as eps:
-        spec = RunSpec(
-            manifest_path=manifest.path, manifest_sha256=manifest.sha256,
-            plan=make_plan(recipe, out, eps, cpath, constitution.sha256 if constitution else None),
-            principles=len(constitution.principles) if constitution else 1, task_runner=recipe.task_runner,
-            dask_address=recipe.dask_address, dask_workers=recipe.dask_workers,
-            shards_in_flight=recipe.shards_in_flight,
-        )  # fmt: skip
-        spec.plan.concurrency_share = dask_share(spec)
-        flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
-        tune_gc()
-        with api_for_workers(spec):
+    served = [recipe.policy, *(recipe.judge_endpoint(j.judge) for j in recipe.judges)]
+    served += [recipe.judge_endpoint(recipe.critique.judge)] if recipe.critique else []
+    spec = RunSpec(
+        manifest_path=manifest.path, manifest_sha256=manifest.sha256,
+        plan=make_plan(recipe, out, [s.endpoint_list() for s in served], cpath,
+                       constitution.sha256 if constitution else None),
+        principles=len(constitution.principles) if constitution else 1, task_runner=recipe.task_runner,
+        dask_address=recipe.dask_address, dask_workers=recipe.dask_workers,
+        shards_in_flight=recipe.shards_in_flight,
+    )  # fmt: skip
+    tune_gc()
+    if all_finished(manifest, spec.plan):
+        summary = pipeline_stages.fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution,
+                                     publish=False)  # fmt: skip
+        summary.engine["flow_run"] = "none: every shard was already finished, nothing to send"
+        write_json(out / "summary.json", summary.model_dump())
+    else:
+        api_url = start_prefect_api()
+        with live_endpoints(*served), api_for_workers(spec, api_url()):
+            spec.plan.concurrency_share = dask_share(spec)
+            flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
             summary = flow_fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution)
     if recipe.train is not None:
         from flows.train import train_after_build
@@ -150,7 +162,9 @@ def stage_results(eng: EngineResult) -> dict[str, StageResult]:
 
 
 @flow(name="rlaif-run")
-def pipeline_stages(recipe: Recipe, spec: RunSpec, out: str, constitution: Any = None) -> RunSummary:
+def pipeline_stages(
+    recipe: Recipe, spec: RunSpec, out: str, constitution: Any = None, publish: bool = True
+) -> RunSummary:
     """shards (generate -> judges + critique, streamed) -> build -> card, summary, artifacts."""
     t0 = time.monotonic()
     counters_before = total_counters()
@@ -201,7 +215,8 @@ def pipeline_stages(recipe: Recipe, spec: RunSpec, out: str, constitution: Any =
                       "engine_s": round(eng.wall_s, 2), "first_judged_s": eng.first_judged_s(),
                       "peak_rss_mb": round(peak_rss_mb(), 1), "task_runner": spec.task_runner}  # fmt: skip
     write_json(out_dir / "summary.json", summary.model_dump())
-    publish_artifacts(summary)
+    if publish:
+        publish_artifacts(summary)
     return summary
 
 

@@ -155,3 +155,29 @@ def test_stage_error_is_one_line_without_prompt_text(vllm_server, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and judge.base_url in err and "HTTP 500" in err
     assert "Zanzibar" not in err and "elephant" not in err
+
+
+def test_rerun_of_finished_run_needs_no_server(vllm_server, tmp_path):
+    """A finished run re-run sends nothing, so it needs no model server and no Prefect flow run:
+    the policy endpoint is dead on the re-run and the datasets come out the same."""
+    import datasets
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    s.close()
+    out = tmp_path / "out"
+    path = recipe(tmp_path, vllm_server.port, prompts=PROMPTS[:2], n=2)
+    live = path.read_text().replace(
+        f"policy:\n  port: {vllm_server.port}\n",
+        f"policy:\n  endpoints:\n    - base_url: {vllm_server.base_url}\n      model: {vllm_server.model_name}\n",
+    )
+    path.write_text(live)
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    first = {k: v.to_dict() for k, v in datasets.load_from_disk(str(out / "binarized")).items()}
+    path.write_text(live.replace(vllm_server.base_url, dead))
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"]["flow_run"].startswith("none")
+    assert summary["stages"]["generate"]["requests"] == 0 and summary["stages"]["judge"]["requests"] == 0
+    assert {k: v.to_dict() for k, v in datasets.load_from_disk(str(out / "binarized")).items()} == first

@@ -84,6 +84,8 @@ def closing_table(summary: RunSummary) -> str:
             else ""
         )
         rows.append((f"stage {name}", f"{st.wall_s:.0f}s, {st.requests} requests{tps}"))
+    if summary.engine.get("flow_run"):
+        rows.append(("prefect flow run", summary.engine["flow_run"]))
     t = summary.train
     if t:
         acc = (t.get("preference_accuracy_before"), t.get("preference_accuracy_after"))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from flows.engine.manifest import Manifest, ShardRef
 from flows.engine.plan import expected_requests
 from flows.engine.shard import ShardPlan, ShardResult, finished, run_shard
 from flows.shards import read_json
-from serving.errors import DataError
+from serving.errors import DataError, RlaifError
 
 
 class RunSpec(BaseModel):
@@ -86,23 +87,58 @@ def task_runner(spec: RunSpec) -> Any:
     return ThreadPoolTaskRunner(max_workers=spec.shards_in_flight)
 
 
+def all_finished(man: Manifest, plan: ShardPlan) -> bool:
+    """Every shard of the manifest already finished with this plan (nothing left to send)."""
+    return bool(man.shards) and all(finished(ref, plan) is not None for ref in man.shards)
+
+
+def start_prefect_api() -> Callable[[], str | None]:
+    """Without PREFECT_API_URL, start Prefect's temporary local server in a background thread now, so
+    its start-up (7-12 s on 2 cores) overlaps the model server's. Returns `wait()`: blocks until it
+    answers and gives its URL (None when a server is configured). `get_client` later finds this same
+    server running (it is Prefect's own singleton)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        return lambda: None
+    box: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            server = SubprocessASGIServer()
+            server.start()
+            box["url"] = server.api_url
+        except Exception as exc:  # handed to whoever waits
+            box["error"] = exc
+
+    thread = threading.Thread(target=start, daemon=True, name="rlaif-prefect-api")
+    thread.start()
+
+    def wait() -> str:
+        thread.join()
+        if "error" in box:
+            first = (str(box["error"]).strip().splitlines() or [type(box["error"]).__name__])[0]
+            raise RlaifError(f"Prefect's temporary server did not start ({first[:200]}); "
+                             "set PREFECT_API_URL to a running Prefect server")  # fmt: skip
+        return box["url"]
+
+    return wait
+
+
 @contextmanager
-def api_for_workers(spec: RunSpec) -> Iterator[None]:
-    """Dask worker processes must report to the same Prefect API as this process. Without
-    PREFECT_API_URL, start the temporary local server here and hand its URL to the workers (they
-    inherit the environment); otherwise each worker would start a server of its own."""
+def api_for_workers(spec: RunSpec, url: str | None) -> Iterator[None]:
+    """Dask worker processes must report to the same Prefect API as this process: they inherit the
+    temporary server's URL through the environment (else each would start a server of its own)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if spec.task_runner != "dask" or PREFECT_API_URL.value():
+    if spec.task_runner != "dask" or url is None:
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_API_URL"] = url
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with temporary_settings({PREFECT_API_URL: url}):
             yield
     finally:
         os.environ.pop("PREFECT_API_URL", None)
