@@ -1,7 +1,8 @@
 """Binarisation: turn scored completions into TRL-ready chosen/rejected pairs.
 
 Rules: `best-vs-random-lower` (as HuggingFaceH4/ultrafeedback_binarized), `best-vs-worst`,
-`all-pairs`. Ties are dropped unless `keep_ties`; pairs under `min_margin` are dropped.
+`all-pairs`. Ties are dropped unless `keep_ties`; pairs under `min_margin` are dropped. A truncated
+completion (finish_reason "length") is never chosen unless the recipe allows it: the best complete one is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class PairRow(BaseModel):
     score_chosen: float
     score_rejected: float
     margin: float
+    p_chosen: float | None = None  # a judge's P(chosen better), both orders averaged (logprobs)
     chosen_model: str
     rejected_model: str
     origin: str  # "judge" | "constitution"
@@ -40,6 +42,10 @@ class BinarizeStats(BaseModel):
     too_few_completions: int = 0
     unscored: int = 0
     verdict_disagrees: int = 0
+    truncated_chosen_repicked: int = 0  # a truncated best was passed over for a complete one
+    truncated_chosen_dropped: int = 0  # no complete completion could be chosen: no pair
+    truncated_sft_repicked: int = 0  # best-of-N row: the best complete completion instead
+    truncated_sft_dropped: int = 0  # best-of-N row: none was complete
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -47,12 +53,16 @@ def _assistant(text: str) -> list[dict[str, str]]:
 
 
 def candidate_pairs(
-    scores: list[float | None], rule: str, rng: random.Random, keep_ties: bool
-) -> tuple[list[tuple[int, int]], int]:
-    """(chosen, rejected) index pairs by the rule, and how many were dropped as ties."""
+    scores: list[float | None], rule: str, rng: random.Random, keep_ties: bool,
+    choosable: list[bool] | None = None,
+) -> tuple[list[tuple[int, int]], int]:  # fmt: skip
+    """(chosen, rejected) index pairs by the rule, and how many were dropped as ties. Only a
+    `choosable` completion (default: all) is chosen; any scored one may be rejected. all-pairs puts a
+    choosable one first in a kept tie; its other pairs with an unchoosable winner are the caller's to drop."""
     idx = [i for i, s in enumerate(scores) if s is not None]
     if len(idx) < 2:
         return [], 0
+    ok = choosable or [True] * len(scores)
     s = {i: float(scores[i]) for i in idx}  # type: ignore[arg-type]
     ties = 0
     if rule == "all-pairs":
@@ -61,23 +71,54 @@ def candidate_pairs(
             if s[i] == s[j]:
                 ties += 1
                 if keep_ties:
-                    out.append((i, j))
+                    out.append((i, j) if ok[i] or not ok[j] else (j, i))
                 continue
             out.append((i, j) if s[i] > s[j] else (j, i))
         return out, ties
-    best = max(idx, key=lambda i: (s[i], -i))
+    cands = [i for i in idx if ok[i]]
+    if not cands:
+        return [], 0
+    best = max(cands, key=lambda i: (s[i], -i))
     if rule == "best-vs-worst":
         # The lowest-scored of the others (lowest index on ties). Excluding `best` matters only when
         # every score ties: `min` over all of idx would then pick `best` itself and lose the pair.
         worst = min((i for i in idx if i != best), key=lambda i: (s[i], i))
         if s[worst] == s[best]:
             return ([(best, worst)] if keep_ties else []), 1
-        return [(best, worst)], 0
+        return ([(best, worst)] if s[worst] < s[best] else []), 0
     lower = [i for i in idx if s[i] < s[best]]
     if not lower:
-        others = [i for i in idx if i != best]
-        return ([(best, rng.choice(others))] if keep_ties else []), 1
+        equal = [i for i in idx if i != best and s[i] == s[best]]
+        if not equal:  # only higher-scored (unchoosable) ones are left
+            return [], 0
+        return ([(best, rng.choice(equal))] if keep_ties else []), 1
     return [(best, rng.choice(lower))], 0
+
+
+def truncated(completion: dict[str, Any]) -> bool:
+    """Cut at max_tokens (finish_reason "length")."""
+    return completion.get("finish_reason") == "length"
+
+
+def verdict_probabilities(
+    verdicts: list[dict[str, Any]], score_key: str | None
+) -> dict[tuple[int, int], float]:
+    """(i, j) sample indices -> P(i better than j) from verdict rows with a probability: the ranking
+    judge's own verdict when it gave one, else the first judge's in the row that compared the two."""
+    out: dict[tuple[int, int], float] = {}
+    for v in sorted(verdicts, key=lambda v: v["judge"] != score_key):  # stable: ranking judge first
+        if v.get("p_x") is not None and (v["i"], v["j"]) not in out and (v["j"], v["i"]) not in out:
+            out[(v["i"], v["j"])] = float(v["p_x"])
+    return out
+
+
+def p_chosen(probs: dict[tuple[int, int], float] | None, chosen: int, rejected: int) -> float | None:
+    if not probs:
+        return None
+    if (chosen, rejected) in probs:
+        return probs[(chosen, rejected)]
+    p = probs.get((rejected, chosen))
+    return None if p is None else 1 - p
 
 
 def binarize_prompt(
@@ -86,8 +127,11 @@ def binarize_prompt(
     spec: BinarizeSpec,
     verdicts: dict[tuple[int, int], str] | None = None,
     stats: BinarizeStats | None = None,
+    probs: dict[tuple[int, int], float] | None = None,
+    allow_truncated_chosen: bool = False,
 ) -> list[PairRow]:
-    """Pairs for one UltraFeedback row. `verdicts[(i, j)]` ("x"/"y"/"tie") gates pairwise pairs."""
+    """Pairs for one UltraFeedback row. `verdicts[(i, j)]` ("x"/"y"/"tie") gates pairwise pairs;
+    `probs[(i, j)]` (P(i better than j), sample indices) gives `p_chosen`."""
     stats = stats or BinarizeStats()
     comps = row["completions"]
     stats.prompts += 1
@@ -99,8 +143,17 @@ def binarize_prompt(
         stats.unscored += 1
         return []
     seed = int(hashlib.sha256(f"{spec.seed}|{row['prompt_id']}".encode()).hexdigest()[:12], 16)
-    pairs, ties = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties)
+    cut = [truncated(c) for c in comps]
+    ok = None if allow_truncated_chosen or not any(cut) else [not t for t in cut]
+    pairs, ties = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties, ok)
     stats.ties_dropped += ties if not spec.keep_ties else 0
+    if ok is not None:  # compare with the pick that ignores truncation: re-picked or dropped
+        pairs = [p for p in pairs if ok[p[0]]]
+        unaware, _ = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties)
+        hit = sum(cut[c] for c, _ in unaware)
+        repicked = len(set(pairs) - set(unaware))
+        stats.truncated_chosen_repicked += repicked
+        stats.truncated_chosen_dropped += hit - repicked
     out = []
     for c, r in pairs:
         if verdicts is not None:
@@ -121,9 +174,36 @@ def binarize_prompt(
             score_chosen=float(scores[c]), score_rejected=float(scores[r]),  # type: ignore[arg-type]
             margin=margin, chosen_model=comps[c]["model"], rejected_model=comps[r]["model"],
             origin="judge", judge=score_key,
+            p_chosen=p_chosen(probs, comps[c]["sample_index"], comps[r]["sample_index"]),
         ))  # fmt: skip
     stats.pairs += len(out)
     return out
+
+
+def best_of_n(
+    row: dict[str, Any], score_key: str | None, stats: BinarizeStats, allow_truncated_chosen: bool = False
+) -> dict[str, Any] | None:
+    """The best-of-N SFT row: the top-scored completion, a complete one unless truncated ones are allowed."""
+    scored = [c for c in row["completions"]
+              if score_key and (c.get("scores") or {}).get(score_key) is not None]  # fmt: skip
+    if not scored:
+        return None
+
+    def rank(c: dict[str, Any]) -> tuple[float, int]:
+        return c["scores"][score_key], -c["sample_index"]
+
+    best = max(scored, key=rank)
+    if truncated(best) and not allow_truncated_chosen:
+        complete = [c for c in scored if not truncated(c)]
+        if not complete:
+            stats.truncated_sft_dropped += 1
+            return None
+        stats.truncated_sft_repicked += 1
+        best = max(complete, key=rank)
+    return {"prompt_id": row["prompt_id"], "prompt": row["messages"],
+            "chosen": [{"role": "assistant", "content": best["response"]}], "rejected": [],
+            "score_chosen": float(best["scores"][score_key]), "chosen_model": best["model"],
+            "origin": "best-of-n", "judge": score_key}  # fmt: skip
 
 
 def is_test(prompt_id: str, fraction: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flows.card_checks import gate_section, usage_section
 from flows.shards import atomic_write_text
 
 SMALL_JUDGE_WARNING = (
@@ -58,6 +59,43 @@ def plot_report(out_dir: Path, data: Any = None) -> list[str]:
     return [str(path)]
 
 
+def lint_section(build: Any, recipe: Any) -> list[str]:
+    """`## Lints`: what each lint found in the built data and how it was handled."""
+    lint, st = getattr(build, "lints", None), build.stats
+    if lint is None:
+        return []
+    spec = getattr(recipe, "lints", None)
+    allow = bool(spec and spec.allow_truncated_chosen)
+    drop = bool(spec and spec.drop_duplicate_prompts)
+    thr = spec.near_duplicate_threshold if spec else 0.8
+    kept = "dropped (later ones; `drop_duplicate_prompts: true`)" if drop else "counted, kept"
+    rows = [
+        ("truncated completions (finish_reason length)", lint.truncated_completions,
+         "may be chosen (`allow_truncated_chosen: true`)" if allow else "never chosen, may be rejected"),
+        ("pairs: truncated best passed over", st.truncated_chosen_repicked, "best complete completion chosen"),
+        ("pairs: no complete completion to choose", st.truncated_chosen_dropped, "no pair"),
+        ("best-of-N rows: truncated best passed over", st.truncated_sft_repicked, "best complete completion"),
+        ("best-of-N rows: none complete", st.truncated_sft_dropped, "no row"),
+        ("identical chosen/rejected (whitespace normalised)", lint.identical_pairs_dropped, "dropped"),
+        ("empty chosen or rejected", lint.empty_pairs_dropped, "dropped"),
+        ("best-of-N rows with an empty answer", lint.empty_sft_dropped, "dropped"),
+        ("exact duplicate prompts", lint.exact_duplicate_prompts, kept),
+        (f"near-duplicate prompts (MinHash LSH, Jaccard >= {thr})", lint.near_duplicate_prompts, kept),
+    ]  # fmt: skip
+    for f, n in lint.decontaminated.items():
+        rows.append((f"prompts overlapping `{f}`", n, "dropped from both datasets"))
+    if lint.longer_chosen_share is not None:
+        rows += [("pairs where the longer answer is chosen", f"{lint.longer_chosen_share:.0%}", "signal only"),
+                 ("mean length gap (chosen - rejected chars)", f"{lint.mean_length_gap:+.0f}", "signal only")]  # fmt: skip
+    out = ["## Lints", "", "| lint | count | handling |", "|---|---|---|"]
+    out += [f"| {what} | {n} | {how} |" for what, n, how in rows]
+    if lint.decontaminated:
+        ngram = spec.decontaminate_ngram if spec else 13
+        out += ["", f"Decontamination: a prompt sharing a {ngram}-word n-gram with an eval prompt is "
+                "dropped (a prompt shorter than that matches only an identical eval prompt)."]  # fmt: skip
+    return out + [""]
+
+
 def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | None = None) -> Path:
     """The card: what produced the data, counts, judge quality figures, length-bias signal."""
     extra = extra or {}
@@ -100,6 +138,7 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
         lines.append(f"| {key} | {f['type']} | {f['model']} | {f['requests']} | "
                      f"{f['parse_failures']} | {q} |")  # fmt: skip
     lines.append("")
+    lines += gate_section(extra.get("gate")) + usage_section(extra.get("usage"))
     lines += ["Binarisation: rule `{}`, ties {}, min_margin {}, test fraction {} (split by prompt_id).".format(
         recipe.binarize.rule, "kept" if recipe.binarize.keep_ties else "dropped",
         recipe.binarize.min_margin, recipe.binarize.test_fraction), ""]  # fmt: skip
@@ -109,6 +148,7 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
                   f"Mean length of chosen {build.mean_len_chosen:.0f} chars vs rejected "
                   f"{build.mean_len_rejected:.0f} chars (ratio {ratio:.2f}). A ratio far above 1 "
                   "means the judge may be rewarding length rather than quality.", ""]  # fmt: skip
+    lines += lint_section(build, recipe)
     if extra.get("constitution"):
         c = extra["constitution"]
         lines += ["## Constitution", "", f"`{c['name']}` v{c['version']} ({c['path']}), sha256 "

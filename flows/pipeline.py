@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from flows.card import plot_report, write_card
 from flows.dataset.build import BuildResult, ShardFiles, build, provenance, sum_tallies
 from flows.endpoints import live_endpoints
+from flows.engine.budget import Usage
 from flows.engine.manifest import Manifest, write_manifest
 from flows.engine.plan import make_plan
 from flows.engine.run import (
@@ -30,11 +31,14 @@ from flows.engine.run import (
     task_runner,
     tune_gc,
 )
+from flows.gate import Gate, GateFailed
 from flows.prompts import iter_prompts, resolve_path
 from flows.recipe import Recipe
 from flows.shards import check_writable, write_json
 from judges.registry import make_judge
+from serving import metrics
 from serving.client import total_counters
+from serving.price import Price
 
 
 class StageResult(BaseModel):
@@ -45,6 +49,7 @@ class StageResult(BaseModel):
     prompts: int = 0
     skipped: dict[str, int] = Field(default_factory=dict)
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # answered from the server's prefix cache (vLLM, OpenAI report it)
     completion_tokens: int = 0
     requests: int = 0  # sent in this run (0 when everything came from the journal/cache)
     replayed: int = 0  # answered from the journal
@@ -64,6 +69,10 @@ class RunSummary(BaseModel):
     build: BuildResult | None = None
     train: dict[str, Any] | None = None
     engine: dict[str, Any] = Field(default_factory=dict)
+    usage: dict[str, Usage] = Field(default_factory=dict)  # per stage and judge: tokens, cache hits, cost
+    gate: dict[str, Any] | None = None  # flows.gate.GateResult
+    prefix_cache: dict[str, dict[str, Any]] = Field(default_factory=dict)  # vLLM /metrics, per endpoint
+    stopped: str | None = None  # why the run stopped before its datasets (e.g. "gate failed")
     wall_s: float = 0.0
     client: dict[str, Any] = Field(default_factory=dict)
 
@@ -95,16 +104,19 @@ def constitution_ref(recipe: Recipe, recipe_dir: Path | None) -> tuple[Any, str 
     return load_constitution(path), str(path.resolve())
 
 
-def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> RunSummary:
+def run_pipeline(
+    recipe: Recipe, out: Path, recipe_dir: Path | None = None, no_gate: bool = False
+) -> RunSummary:
     """`rlaif run`: validate everything, then the pipeline flow with servers started/reused.
 
+    A recipe `gate:` first measures its judge on labelled pairs (exit 3 below threshold, unless `no_gate`).
     When every shard is already finished with this plan there is nothing to send: the build, card and
     summary are brought up to date without starting a model server or a Prefect flow run."""
     check_writable(out)
     constitution, cpath = constitution_ref(recipe, recipe_dir)
+    gate = Gate(recipe, recipe_dir, out) if recipe.gate is not None else None  # reads the pairs now
     manifest = prepare_prompts(recipe, out, recipe_dir)
-    served = [recipe.policy, *(recipe.judge_endpoint(j.judge) for j in recipe.judges)]
-    served += [recipe.judge_endpoint(recipe.critique.judge)] if recipe.critique else []
+    served = recipe.served()
     spec = RunSpec(
         manifest_path=manifest.path, manifest_sha256=manifest.sha256,
         plan=make_plan(recipe, out, [s.endpoint_list() for s in served], cpath,
@@ -115,16 +127,25 @@ def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> R
     )  # fmt: skip
     tune_gc()
     if all_finished(manifest, spec.plan):
+        cached = gate.cached() if gate else None
         summary = pipeline_stages.fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution,
-                                     publish=False)  # fmt: skip
+                                     gate=cached.model_dump() if cached else None, publish=False)  # fmt: skip
         summary.engine["flow_run"] = "none: every shard was already finished, nothing to send"
         write_json(out / "summary.json", summary.model_dump())
     else:
         api_url = start_prefect_api()
-        with live_endpoints(*served), api_for_workers(spec, api_url()):
-            spec.plan.concurrency_share = dask_share(spec)
-            flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
-            summary = flow_fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution)
+        with live_endpoints(*served):
+            gated = run_gate(gate, recipe, out, no_gate) if gate else None
+            urls = [e.base_url for m in served for e in m.endpoint_list()]
+            before = metrics.snapshot(urls)
+            with api_for_workers(spec, api_url()):
+                spec.plan.concurrency_share = dask_share(spec)
+                flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
+                summary = flow_fn(
+                    recipe=recipe, spec=spec, out=str(out), constitution=constitution, gate=gated
+                )
+            summary.prefix_cache = metrics.hit_rates(before, metrics.snapshot(urls))
+            write_json(out / "summary.json", summary.model_dump())
     if recipe.train is not None:
         from flows.train import train_after_build
 
@@ -133,12 +154,36 @@ def run_pipeline(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> R
     return summary
 
 
+def run_gate(gate: Gate, recipe: Recipe, out: Path, no_gate: bool) -> dict[str, Any]:
+    """Measure the gated judge; a failure is written to summary.json (no datasets) and stops the run."""
+    res = gate.run()
+    try:
+        res = gate.enforce(res, no_gate)
+    except GateFailed:
+        write_json(out / "summary.json", RunSummary(name=recipe.name, out_dir=str(out), gate=res.model_dump(),
+                                                     stopped="gate failed").model_dump())  # fmt: skip
+        raise
+    return res.model_dump()
+
+
+def usage_table(eng: EngineResult, prices: dict[str, Price]) -> dict[str, Usage]:
+    """Tokens, prefix-cache hits and cost per stage and per judge ("generate", "judge:<key>", ...)."""
+    out: dict[str, Usage] = {}
+    for s in eng.shards:
+        for name, st in s.stages.items():
+            out.setdefault(name, Usage()).add(st, s.cached)
+    for name, u in out.items():
+        u.price(prices.get(name))
+    return out
+
+
 def stage_results(eng: EngineResult) -> dict[str, StageResult]:
     out: dict[str, StageResult] = {}
     for s in eng.shards:
         for name, st in s.stages.items():
             stage = "judge" if name.startswith("judge:") else name
             r = out.setdefault(stage, StageResult(stage=stage, wall_s=eng.wall_s))
+            r.cached_prompt_tokens += st.get("cached_prompt_tokens", 0)
             r.prompt_tokens += st["prompt_tokens"]
             r.completion_tokens += st["completion_tokens"]
             r.replayed += st["replayed"] if not s.cached else st["sent"] + st["replayed"]
@@ -163,14 +208,20 @@ def stage_results(eng: EngineResult) -> dict[str, StageResult]:
 
 @flow(name="rlaif-run")
 def pipeline_stages(
-    recipe: Recipe, spec: RunSpec, out: str, constitution: Any = None, publish: bool = True
+    recipe: Recipe,
+    spec: RunSpec,
+    out: str,
+    constitution: Any = None,
+    gate: dict[str, Any] | None = None,
+    publish: bool = True,
 ) -> RunSummary:
     """shards (generate -> judges + critique, streamed) -> build -> card, summary, artifacts."""
     t0 = time.monotonic()
     counters_before = total_counters()
     out_dir = Path(out)
     eng = run_shards(spec)
-    summary = RunSummary(name=recipe.name, out_dir=out, stages=stage_results(eng))
+    summary = RunSummary(name=recipe.name, out_dir=out, stages=stage_results(eng),
+                         usage=usage_table(eng, spec.plan.prices), gate=gate)  # fmt: skip
     tallies = sum_tallies({k: v for k, v in s.judges.items()} for s in eng.shards)
     figures: dict[str, dict[str, Any]] = {}
     for j in spec.plan.judges:
@@ -185,7 +236,8 @@ def pipeline_stages(
         for s in eng.shards
     ]
     built, plot = build(out_dir, files, recipe.binarize, spec.plan.score_key(recipe.binarize.score),
-                        spec.plan.uf_features().arrow_schema, prov, figures)  # fmt: skip
+                        spec.plan.uf_features().arrow_schema, prov, figures,
+                        lints=recipe.lints, decontaminate=recipe.decontaminate)  # fmt: skip
     summary.stages["build"] = StageResult(
         stage="build", rows=sum(built.pairs.values()), wall_s=time.monotonic() - t_build
     )
@@ -203,7 +255,8 @@ def pipeline_stages(
         if crit.get("labels"):
             cinfo["label"] = (f"{crit['labels']} labelled pairs, hard-label position consistency "
                               f"{crit['labels_consistent'] / crit['labels']:.2f}, {crit.get('labels_soft', 0)} soft labels from logprobs")  # fmt: skip
-    write_card(out_dir, built, recipe, {"skipped": eng.skipped, "constitution": cinfo})
+    write_card(out_dir, built, recipe, {"skipped": eng.skipped, "constitution": cinfo, "gate": gate,
+                                        "usage": {k: u.model_dump() for k, u in summary.usage.items()}})  # fmt: skip
     summary.wall_s = time.monotonic() - t0
     after = total_counters()
     summary.client = {
@@ -265,7 +318,11 @@ def dated_folder(base: Path) -> Path:
 
 @flow(name="rlaif-pipeline")
 def pipeline_flow(
-    recipe_path: str, out: str | None = None, limit: int | None = None, dated: bool = False
+    recipe_path: str,
+    out: str | None = None,
+    limit: int | None = None,
+    dated: bool = False,
+    no_gate: bool = False,
 ) -> dict:
     """Entry point for deployments: load the recipe and run everything (into a dated folder if asked)."""
     from flows.recipe import load_recipe
@@ -276,5 +333,5 @@ def pipeline_flow(
     out_dir = Path(out) if out else recipe.output_dir()
     if dated:
         out_dir = dated_folder(out_dir)
-    summary = run_pipeline(recipe, out_dir, Path(recipe_path).parent)
+    summary = run_pipeline(recipe, out_dir, Path(recipe_path).parent, no_gate=no_gate)
     return {"out_dir": str(out_dir), "line": summary.one_line()}

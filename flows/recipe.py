@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from flows.engine.budget import BudgetSpec
 from judges.contract import JudgeConfig
 from judges.registry import AnyJudgeConfig
 from serving.client import ClientConfig
@@ -71,6 +72,54 @@ class CritiqueSpec(_Strict):
     judge: ServedModel | None = None
 
 
+class LintSpec(_Strict):
+    """Lints on the built dataset (flows/dataset/lints.py); every lint is counted in summary.json."""
+
+    allow_truncated_chosen: bool = Field(
+        default=False, description="a completion cut at max_tokens may be chosen (it may always be rejected)"
+    )
+    near_duplicate_threshold: float = Field(
+        default=0.8, gt=0, le=0.98, description="MinHash-LSH Jaccard threshold, word 3-grams (<= 0.98)"
+    )
+    drop_duplicate_prompts: bool = Field(
+        default=False, description="drop later exact/near-duplicate prompts (default: counted, kept)"
+    )
+    decontaminate_ngram: int = Field(default=13, ge=1, description="word n-gram length for decontaminate")
+
+
+DECONTAMINATE_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def check_eval_files(paths: list[str]) -> list[str]:
+    """Every `decontaminate` entry is an existing JSONL/Parquet/CSV file or `datasets` folder."""
+    for k, p in enumerate(paths):
+        path = Path(p).expanduser()
+        if not path.exists():
+            raise field_error((k,), f"{p}: no such file or folder", p)
+        if path.is_file() and path.suffix.lower() not in DECONTAMINATE_FORMATS:
+            raise field_error((k,), f"{p}: not JSONL, Parquet or CSV", p)
+    return paths
+
+
+class GateSpec(_Strict):
+    """`gate:` run the judge on labelled pairs before any generation; below a threshold the run stops
+    (exit 3; `rlaif run --no-gate` overrides). No thresholds = informational: figures only."""
+
+    pairs: str = Field(description="JSONL of labelled pairs: prompt, chosen, rejected (+ tie, category)")
+    judge: str | None = Field(default=None, description="a judge's name/type; default: the ranking judge")
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    min_margin_over_length: float | None = Field(default=None, ge=-1, le=1,
+                                                 description="accuracy minus the length-only baseline")  # fmt: skip
+    min_consistency: float | None = Field(default=None, ge=0, le=1, description="both orders agree")
+    limit: int | None = Field(default=None, ge=1, description="use only the first N pairs")
+
+    def thresholds(self) -> dict[str, float]:
+        """figure name in `JudgeEval` -> minimum."""
+        pairs = {"accuracy": self.min_accuracy, "margin_over_length": self.min_margin_over_length,
+                 "consistency": self.min_consistency}  # fmt: skip
+        return {k: v for k, v in pairs.items() if v is not None}
+
+
 class TrainSpec(_Strict):
     """Overrides for the method's trainer config (trainers/<method>.py); a field left out keeps the
     trainer's own default."""
@@ -96,6 +145,8 @@ class TrainSpec(_Strict):
 
 
 EXECUTION_FIELDS = {
+    "budget",
+    "gate",
     "task_runner",
     "dask_address",
     "dask_workers",
@@ -133,6 +184,14 @@ class Recipe(_Strict):
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     critique: CritiqueSpec | None = None
     train: TrainSpec | None = None
+    budget: BudgetSpec | None = Field(default=None, description="stop this run at N tokens or USD")
+    gate: GateSpec | None = None
+    lints: LintSpec = Field(default_factory=LintSpec)
+    decontaminate: list[str] = Field(
+        default_factory=list, description="eval prompt files; overlapping prompts are dropped from outputs"
+    )
+
+    _eval_files_exist = field_validator("decontaminate")(check_eval_files)
 
     @field_validator("judges")
     @classmethod
@@ -149,6 +208,13 @@ class Recipe(_Strict):
         if self.binarize.score is not None and self.binarize.score not in keys:
             raise field_error(("binarize", "score"), f"{self.binarize.score!r} names no judge; "
                               f"choose from {keys} (a judge's `name:`, else its type)")  # fmt: skip
+        if (
+            self.budget is not None
+            and self.budget.usd is not None
+            and not any(m.price for m in self.served())
+        ):
+            raise field_error(("budget", "usd"), "a money budget needs `price:` on the policy or a judge "
+                              "endpoint (USD per 1M tokens: {input, output}); or use `budget.tokens`")  # fmt: skip
         if self.train is not None and self.train.model is None and not self.policy.is_local:
             raise field_error(("train", "model"), "the policy is an external endpoint, so name the local "
                               "model folder to train (its weights are not on this machine)")  # fmt: skip
@@ -156,6 +222,24 @@ class Recipe(_Strict):
 
     def judge_endpoint(self, spec: ServedModel | None) -> ServedModel:
         return spec or self.policy
+
+    def gate_judge(self) -> JudgeConfig | None:
+        """The judge the gate checks: `gate.judge`, else the one `binarize.score` names, else the first
+        that ranks by default, else the first."""
+        if self.gate is None or not self.judges:
+            return None
+        want = self.gate.judge or self.binarize.score
+        for j in self.judges:
+            if want in (j.key, j.type):
+                return j
+        from judges.registry import judge_class
+
+        return next((j for j in self.judges if judge_class(j.type).ranks_by_default), self.judges[0])
+
+    def served(self) -> list[ServedModel]:
+        """Every model the run talks to: [policy, judge 1..k, critique judge?]."""
+        out = [self.policy, *(self.judge_endpoint(j.judge) for j in self.judges)]
+        return out + ([self.judge_endpoint(self.critique.judge)] if self.critique else [])
 
     def sha256(self) -> str:
         """Hash of what shapes the data; how it is executed (runner, shard sizes, client) is left out,

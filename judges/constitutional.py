@@ -3,6 +3,7 @@
 `ConstitutionalCritic`: principle -> critique -> revision; the revision becomes `chosen` over the
 original. `ConstitutionalJudge`: a principle's comparison question as a multiple choice (A)/(B),
 soft P(A) from logprobs averaged over both orders, or a hard label from both orders.
+`ConstitutionLabelJudge`: the same question behind the judge contract, so judge-eval can measure it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from judges.base import choice_probability, clip, render
-from judges.constitution import Constitution, Principle
+from judges.constitution import Constitution, Principle, load_constitution
+from judges.contract import Judge, JudgeConfig, Judgement, Preference
 from serving.client import LLMClient, RequestRejected
 
 REFUSAL = re.compile(
@@ -157,3 +160,57 @@ class ConstitutionalJudge:
             p_x=p_x,
             consistent=consistent,
         )  # type: ignore[arg-type]
+
+
+class ConstitutionLabelConfig(JudgeConfig):
+    """The constitution's label judge as judge-eval measures it (recipes label through `critique:`)."""
+
+    type: Literal["constitution"] = "constitution"
+    constitution: str = Field(description="path to a constitution YAML file")
+    principles: Literal["sample", "all"] = Field(default="all", description="ask every principle, or one")
+    logprobs: bool = True
+
+
+class ConstitutionLabelJudge(Judge):
+    """`ConstitutionalJudge` for one shown order: each picked principle's comparison question is asked
+    once; P(first) is the mean soft label and decides the winner (without logprobs: the letters'
+    majority). Not in the registry (recipes label through `critique:`): only `prefer`, what judge-eval
+    calls, is supported."""
+
+    type = "constitution"
+    config_class = ConstitutionLabelConfig
+    templates = (ConstitutionalJudge.template,)
+
+    def __init__(self, config: ConstitutionLabelConfig, client: Any = None) -> None:
+        super().__init__(config, client)
+        self.cfg = config
+        self.constitution = load_constitution(config.constitution)
+        self.labeller = ConstitutionalJudge(client, logprobs=config.logprobs)
+
+    def extra_files(self) -> list[Path]:
+        return [Path(self.cfg.constitution)]
+
+    def requests_per_prompt(self, n: int) -> int:
+        per_pair = len(self.constitution.principles) if self.cfg.principles == "all" else 1
+        return n * (n - 1) * per_pair
+
+    async def judge(self, prompt_id: str, prompt: str, responses: list[str],
+                    messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
+        raise NotImplementedError(
+            "the constitution label judge runs in a recipe as `critique: {mode: label}`"
+        )
+
+    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
+        # the same principle(s) for both orders of a pair: the sample is keyed by the unordered pair
+        principles = pick_principles(self.constitution, self.cfg.principles, self.cfg.seed, prompt,
+                                     *sorted((first, second)))  # fmt: skip
+        asks = await asyncio.gather(*(self.labeller._ask(prompt, first, second, p) for p in principles))
+        letters = [a for a, _ in asks if a is not None]
+        probs = [p for _, p in asks if p is not None]
+        failures = len(asks) - len(letters)
+        if not letters and not probs:
+            return Preference(winner=None, parse_failures=failures)
+        p_first = sum(probs) / len(probs) if probs else None
+        lead = p_first - 0.5 if p_first is not None else letters.count("A") - letters.count("B")
+        winner = "first" if lead > 0 else "second" if lead < 0 else "tie"
+        return Preference(winner=winner, p_first=p_first, parse_failures=failures)  # type: ignore[arg-type]

@@ -4,12 +4,13 @@ so a second round of data can be labelled by the model trained on the first."""
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from judges.contract import Judge, JudgeConfig, Judgement
+from judges.contract import Judge, JudgeConfig, Judgement, Preference
 
 
 class RewardModelConfig(JudgeConfig):
@@ -62,6 +63,14 @@ class RewardModelJudge(Judge):
         messages = messages or [{"role": "user", "content": prompt}]
         scores = await asyncio.to_thread(self.score, messages, responses) if responses else []
         return Judgement(scores=list(scores))
+
+    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
+        """P(first better) = sigmoid(raw score difference): the Bradley-Terry probability the reward
+        model was trained on (scores are normalised, so the difference is scaled back by their std)."""
+        a, b = await asyncio.to_thread(self.score, [{"role": "user", "content": prompt}], [first, second])
+        z = max(-50.0, min(50.0, (a - b) * self.scorer.std))
+        winner = "tie" if a == b else "first" if a > b else "second"
+        return Preference(winner=winner, p_first=1 / (1 + math.exp(-z)))  # type: ignore[arg-type]
 
 
 _SCORERS: dict[tuple[str, int], Any] = {}

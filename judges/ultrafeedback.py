@@ -173,10 +173,12 @@ class UltraFeedbackJudge(Judge):
 
     async def judge(self, prompt_id: str, prompt: str, responses: list[str],
                     messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
-        """Each aspect shows the completions in its own seeded order (position bias averages out)."""
+        """All aspects show the completions in one seeded order per prompt, so a prompt's requests share
+        everything but their last part (the aspect) and the server's prefix cache answers most of it."""
         if not responses:
             return Judgement(scores=[])
-        orders = {a: seeded_order(len(responses), self.cfg.seed, prompt_id, a) for a in self.aspects()}
+        order = seeded_order(len(responses), self.cfg.seed, prompt_id)
+        orders = dict.fromkeys(self.aspects(), order)
         return await self.rate(prompt, responses, orders)
 
     async def prefer(self, prompt: str, first: str, second: str) -> Preference:

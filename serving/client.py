@@ -88,6 +88,7 @@ class Counters(BaseModel):
     failures: int = 0
     retries: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_s: float = 0.0
 
@@ -101,6 +102,7 @@ class Choice(BaseModel):
 class ChatResult(BaseModel):
     choices: list[Choice]
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens the server answered from its prefix cache
     completion_tokens: int = 0
     endpoint: str = ""
 
@@ -289,6 +291,7 @@ class LLMClient:
                         else:
                             state.consecutive_failures = 0
                             counters.prompt_tokens += result.prompt_tokens
+                            counters.cached_prompt_tokens += result.cached_prompt_tokens
                             counters.completion_tokens += result.completion_tokens
                             return result
                     elif status:
@@ -335,9 +338,11 @@ class LLMClient:
                 raise TypeError("logprobs.content is not a list of objects")
             choices.append(Choice.model_construct(text=text, finish_reason=finish, logprobs=content))
         usage = data.get("usage") or {}
+        details = usage.get("prompt_tokens_details")
         return ChatResult.model_construct(
             choices=choices,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            cached_prompt_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             endpoint=base_url,
         )
@@ -388,7 +393,7 @@ def total_counters() -> Counters:
     with _LOCK:
         clients = list(_CLIENTS.values())
     for c in clients:
-        for field in ("requests", "failures", "retries", "prompt_tokens", "completion_tokens", "wall_s"):
+        for field in Counters.model_fields:
             setattr(total, field, getattr(total, field) + getattr(c.counters, field))
     return total
 

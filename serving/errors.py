@@ -1,8 +1,13 @@
 """User-facing errors: one line that names the culprit (file, field, endpoint) and how to fix it."""
 
+from typing import ClassVar
+
 
 class RlaifError(Exception):
-    """An error the CLI prints as one line and exits non-zero on."""
+    """An error the CLI prints as one line (`rlaif: <label>: ...`) and exits with `exit_code` on."""
+
+    exit_code: ClassVar[int] = 2
+    label: ClassVar[str] = "error"
 
 
 class ConfigError(RlaifError):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from serving.client import Endpoint
 from serving.config_files import field_error
 from serving.models import DEFAULT_MODEL, served_name
+from serving.price import Price
 from serving.vllm import DEFAULT_PORT
 
 
@@ -40,6 +41,7 @@ class ServedModel(BaseModel):
     max_concurrency: int = Field(default=32, ge=1, description="in-flight requests (local)")
     max_model_len: int = Field(default=2048, ge=128)
     trust_remote_code: bool = Field(default=False, description="let vLLM run the model repo's own code")
+    price: Price | None = Field(default=None, description="USD per 1M tokens: {input, cached_input, output}")
 
     @model_validator(mode="after")
     def _local_model_exists(self) -> ServedModel:

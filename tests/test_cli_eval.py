@@ -16,13 +16,41 @@ def test_judge_eval_prints_the_figures(vllm_server, tmp_path, capsys):
     ])  # fmt: skip
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"policy:\n  port: {vllm_server.port}\n")
-    assert main(["judge-eval", "--pairs", str(pairs), "--judge", "pairwise", "--recipe", str(recipe)]) == 0
+    assert (
+        main(
+            [
+                "judge-eval",
+                "--pairs",
+                str(pairs),
+                "--judge",
+                "pairwise",
+                "--recipe",
+                str(recipe),
+                "--json",
+                "-",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 3 and out["parse_failures"] == 0
-    for key in ("accuracy", "position_consistency", "tie_rate"):
+    for key in ("accuracy", "consistency", "p_first", "tie_rate", "length_baseline"):
         assert 0.0 <= out[key] <= 1.0
     assert (
-        main(["judge-eval", "--pairs", str(pairs), "--judge", "ultrafeedback", "--recipe", str(recipe)]) == 0
+        main(
+            [
+                "judge-eval",
+                "--pairs",
+                str(pairs),
+                "--judge",
+                "ultrafeedback",
+                "--recipe",
+                str(recipe),
+                "--json",
+                "-",
+            ]
+        )
+        == 0
     )
     uf = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert uf["n"] == 3 and uf["judge"] == "ultrafeedback"

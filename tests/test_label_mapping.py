@@ -41,25 +41,32 @@ class RatesByText:
 RESPONSES = [f"answer {k} quality={q}" for k, q in enumerate([2, 5, 1, 4, 3])]
 
 
-@pytest.mark.parametrize("prompt_id", ["p-0", "p-1", "q-17", "xyz"])
-def test_ultrafeedback_shuffles_per_aspect_and_maps_ratings_back(prompt_id):
-    client = RatesByText()
-    judge = UltraFeedbackJudge(UltraFeedbackConfig(), client)
-    j = asyncio.run(judge.judge(prompt_id, "question", RESPONSES))
-    # each completion gets its own quality back on every aspect, whatever order it was shown in
-    assert j.scores == [2.0, 5.0, 1.0, 4.0, 3.0]
-    for ann, q in zip(j.annotations, [2, 5, 1, 4, 3]):
-        assert {a: v["rating"] for a, v in ann.items()} == dict.fromkeys(ASPECTS, q)
-    assert len(client.shown) == len(ASPECTS)
-    assert any(order != [2, 5, 1, 4, 3] for order in client.shown), "never shuffled"
+def test_ultrafeedback_shuffles_per_prompt_and_maps_ratings_back():
+    shown = []
+    for prompt_id in ["p-0", "p-1", "q-17", "xyz"]:
+        client = RatesByText()
+        judge = UltraFeedbackJudge(UltraFeedbackConfig(), client)
+        j = asyncio.run(judge.judge(prompt_id, "question", RESPONSES))
+        # each completion gets its own quality back on every aspect, whatever order it was shown in
+        assert j.scores == [2.0, 5.0, 1.0, 4.0, 3.0]
+        for ann, q in zip(j.annotations, [2, 5, 1, 4, 3]):
+            assert {a: v["rating"] for a, v in ann.items()} == dict.fromkeys(ASPECTS, q)
+        assert len(client.shown) == len(ASPECTS)
+        # one shuffled order per prompt, the same for every aspect: the requests share their prefix
+        assert all(order == client.shown[0] for order in client.shown)
+        shown.append(client.shown[0])
+    assert any(order != [2, 5, 1, 4, 3] for order in shown), "never shuffled"
+    assert len({tuple(o) for o in shown}) > 1, "every prompt shown in the same order"
 
 
-def test_ultrafeedback_prefer_shows_exactly_the_given_order():
+@pytest.mark.parametrize("seed", range(4))
+def test_ultrafeedback_prefer_shows_exactly_the_given_order(seed):
+    """Every aspect, every seed: a seeded shuffle here (bug E) turns some aspects' two orders into one."""
     client = RatesByText()
-    judge = UltraFeedbackJudge(UltraFeedbackConfig(aspects=["helpfulness"]), client)
+    judge = UltraFeedbackJudge(UltraFeedbackConfig(seed=seed), client)
     first = asyncio.run(judge.prefer("q", "x quality=2", "y quality=4"))
     second = asyncio.run(judge.prefer("q", "y quality=4", "x quality=2"))
-    assert client.shown == [[2, 4], [4, 2]]
+    assert client.shown == [[2, 4]] * len(ASPECTS) + [[4, 2]] * len(ASPECTS)
     assert first.winner == "second" and second.winner == "first"
 
 

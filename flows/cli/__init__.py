@@ -1,6 +1,7 @@
 """The `rlaif` command line: serve, generate, run, judge-eval, constitution, train, eval-policy, schedule.
 
-Every error a user can cause prints one line (`rlaif: error: ...`) and exits with code 2.
+Every error a user can cause prints one line (`rlaif: error: ...`) and exits with code 2; a failed
+judge gate exits 3, a reached budget 4 (both resumable).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  rlaif constitution check constitutions/*.yaml\n"
         "  rlaif train dpo --dataset runs/demo --max-steps 50\n"
         "  rlaif schedule recipes/demo.yaml --cron '0 2 * * *'\n\n"
-        "Errors print one line (`rlaif: error: ...`) and exit 2; re-running a command resumes it.",
+        "Errors print one line (`rlaif: error: ...`) and exit 2 (a failed judge gate: 3, a reached\n"
+        "budget: 4); re-running a command resumes it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except RlaifError as exc:
-        print(f"rlaif: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"rlaif: {exc.label}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("rlaif: interrupted; finished shards are kept, re-run the same command to resume",
               file=sys.stderr)  # fmt: skip

@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import run_pipeline
 
     recipe, out = load_with_overrides(args)
-    summary = run_pipeline(recipe, out, recipe_dir=Path(args.recipe).parent)
+    summary = run_pipeline(recipe, out, recipe_dir=Path(args.recipe).parent, no_gate=args.no_gate)
     print(closing_table(summary))
     print(summary.one_line())
     return 0
@@ -84,6 +84,24 @@ def closing_table(summary: RunSummary) -> str:
             else ""
         )
         rows.append((f"stage {name}", f"{st.wall_s:.0f}s, {st.requests} requests{tps}"))
+    for key, u in summary.usage.items():
+        hit = u.cache_hit_rate()
+        cost = f", ${u.cost_usd:,.4f} (this run ${u.new_cost_usd:,.4f})" if u.cost_usd is not None else ""
+        rows.append((f"tokens {key}", f"{u.prompt_tokens:,} prompt ({'-' if hit is None else f'{hit:.0%}'} "
+                     f"cached) + {u.completion_tokens:,} completion{cost}"))  # fmt: skip
+    if summary.gate:
+        from flows.gate import GateResult
+
+        g = GateResult.model_validate(summary.gate)
+        rows.append(("judge gate", g.line() + (" (overridden by --no-gate)" if g.overridden else "")))
+    for url, m in summary.prefix_cache.items():
+        if m.get("hit_rate") is not None:
+            rows.append(
+                (
+                    f"prefix cache {url}",
+                    f"{m['hit_rate']:.0%} of {m['queries']:,} prompt tokens (vLLM /metrics)",
+                )
+            )
     if summary.engine.get("flow_run"):
         rows.append(("prefect flow run", summary.engine["flow_run"]))
     t = summary.train
@@ -121,7 +139,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "run", help="generate -> judge -> (critique) -> build -> (train) as one flow",
         description="Run the recipe's whole pipeline as one Prefect flow and write OUT/ultrafeedback, "
         "OUT/binarized (TRL-ready), Parquet, the dataset card OUT/README.md and OUT/summary.json. "
-        "Local models are served by vLLM on 127.0.0.1 (started, or reused when already up).",
+        "Local models are served by vLLM on 127.0.0.1 (started, or reused when already up). A recipe "
+        "`gate:` checks the judge on labelled pairs first (exit 3 below its thresholds); a `budget:` "
+        "stops the run when reached (exit 4; re-run to continue).",
     )  # fmt: skip
     _recipe_args(p)
+    p.add_argument("--no-gate", action="store_true",
+                   help="go on when the recipe's judge gate fails (its figures still go to the card)")  # fmt: skip
     p.set_defaults(fn=cmd_run)

@@ -23,10 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from flows.binarize import BinarizeStats, binarize_prompt, is_test
+from flows.binarize import BinarizeStats, best_of_n, binarize_prompt, is_test, verdict_probabilities
+from flows.dataset.lints import Linter, LintReport, lint_fingerprint
 from flows.dataset.rows import merge
 from flows.dataset.schema import binarized_features
-from flows.recipe import BinarizeSpec
+from flows.recipe import BinarizeSpec, LintSpec
 from flows.shards import read_json, write_json
 
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
@@ -42,6 +43,7 @@ class BuildResult(BaseModel):
     judges: dict[str, dict[str, Any]] = Field(default_factory=dict)  # key -> figures
     mean_len_chosen: float | None = None
     mean_len_rejected: float | None = None
+    lints: LintReport = Field(default_factory=LintReport)
     fingerprint: str = ""
     cached: bool = False
 
@@ -87,19 +89,6 @@ def test_ids_fallback(shards: list[ShardFiles], fraction: float) -> tuple[set[st
     return set(), set()
 
 
-def _best_of_n(row: dict[str, Any], score_key: str | None) -> dict[str, Any] | None:
-    scored = [
-        c for c in row["completions"] if score_key and (c.get("scores") or {}).get(score_key) is not None
-    ]
-    if not scored:
-        return None
-    best = max(scored, key=lambda c: (c["scores"][score_key], -c["sample_index"]))
-    return {"prompt_id": row["prompt_id"], "prompt": row["messages"],
-            "chosen": [{"role": "assistant", "content": best["response"]}], "rejected": [],
-            "score_chosen": float(best["scores"][score_key]), "chosen_model": best["model"],
-            "origin": "best-of-n", "judge": score_key}  # fmt: skip
-
-
 class _Writers:
     """One Parquet writer per output file, opened lazily, closed together."""
 
@@ -143,16 +132,21 @@ class PlotData:
 def build(
     out_dir: Path, shards: list[ShardFiles], spec: BinarizeSpec, score_key: str | None, uf_schema: pa.Schema,
     prov: dict[str, Any], judge_figures: dict[str, dict[str, Any]] | None = None,
+    lints: LintSpec | None = None, decontaminate: list[str] | None = None,
 ) -> tuple[BuildResult, PlotData | None]:  # fmt: skip
-    """Binarise and write both datasets; a build whose inputs did not change is not redone.
+    """Binarise, lint (flows/dataset/lints.py) and write both datasets; a build whose inputs did not
+    change is not redone.
 
     `score_key` is the judge whose scores rank completions; when that judge also gave pairwise
-    verdicts, a pair is kept only if its verdict agrees."""
+    verdicts, a pair is kept only if its verdict agrees. `decontaminate`: eval prompt files."""
+    lints = lints or LintSpec()
+    eval_files = [Path(p).expanduser() for p in decontaminate or []]
     fp_data = (
         [[s.rows_path, s.fingerprint] for s in shards],
         spec.model_dump(),
         score_key,
         {k: v for k, v in prov.items() if k != "created_at"},
+        lint_fingerprint(lints, eval_files),
     )
     fp = hashlib.sha256(json.dumps(fp_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +163,8 @@ def build(
 
     res = BuildResult(out_dir=str(out_dir), fingerprint=fp)
     plot = PlotData()
+    linter = Linter(lints, eval_files)
+    allow_cut = lints.allow_truncated_chosen
     len_c = len_r = 0
     prov_type = pa.struct(uf_schema.field("provenance").type)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
@@ -180,6 +176,10 @@ def build(
             for s in shards:
                 table = pq.read_table(s.rows_path)
                 rows = table.to_pylist()
+                keep = [linter.keep_prompt(r) for r in rows]
+                if not all(keep):
+                    table = table.filter(pa.array(keep))
+                    rows = [r for r, k in zip(rows, keep) if k]
                 prov_col = pa.array([prov] * len(rows), type=prov_type)
                 w.uf.write_table(
                     table.append_column("provenance", prov_col).select(uf_schema.names).cast(uf_schema)
@@ -195,16 +195,18 @@ def build(
                     verdicts = {(v["i"], v["j"]): v["winner"] for v in row["pairwise_verdicts"]
                                 if v["judge"] == score_key} or None  # fmt: skip
                     if score_key is not None:
-                        out[f"{split}_prefs"] += [
-                            p.model_dump() for p in binarize_prompt(row, score_key, spec, verdicts, res.stats)
-                        ]
+                        probs = verdict_probabilities(row["pairwise_verdicts"], score_key)
+                        pairs = binarize_prompt(row, score_key, spec, verdicts, res.stats, probs, allow_cut)
+                        out[f"{split}_prefs"] += [d for p in pairs if linter.keep_pair(d := p.model_dump())]
                     else:
                         res.stats.prompts += 1
-                    sft = _best_of_n(row, score_key)
-                    if sft:
+                    sft = best_of_n(row, score_key, res.stats, allow_cut)
+                    if sft and linter.keep_sft(sft):
                         out[f"{split}_sft"].append(sft)
                 for cp in pq.read_table(s.cpairs_path).to_pylist():
-                    if not constitution_pair_kept(cp, spec, res.stats):
+                    if cp["prompt_id"] in linter.dropped or not (
+                        constitution_pair_kept(cp, spec, res.stats) and linter.keep_pair(cp)
+                    ):
                         continue
                     out[f"{'test' if test(cp['prompt_id']) else 'train'}_prefs"].append(cp)
                     res.constitution_pairs += 1
@@ -232,6 +234,7 @@ def build(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     res.judges = judge_figures or {}
+    res.lints = linter.finish()
     write_json(marker, res.model_dump())
     return res, plot
 

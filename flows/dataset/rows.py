@@ -52,7 +52,7 @@ def constitution_pairs(
     messages: list[dict[str, str]], prompt_id: str, crits: list[dict], labels: list[dict]
 ) -> list[PairRow]:
     """Kept revisions beat their original (margin 1); labels give chosen/rejected with margin
-    2 P(chosen) - 1 (0 for a tie)."""
+    2 P(chosen) - 1 (0 for a tie) and, when the label has logprobs, `p_chosen` = the judge's P(chosen)."""
     out = []
     for c in crits:
         if c["status"] != "kept":
@@ -74,6 +74,7 @@ def constitution_pairs(
             chosen=[{"role": "assistant", "content": lab[win]}],
             rejected=[{"role": "assistant", "content": lab[lose]}],
             score_chosen=pc, score_rejected=1 - pc, margin=2 * pc - 1,
+            p_chosen=None if lab["p_x"] is None else (lab["p_x"] if win == "x" else 1 - lab["p_x"]),
             chosen_model=lab[f"{win}_model"], rejected_model=lab[f"{lose}_model"],
             origin="constitution", judge="constitution:label",
             principle_id=lab["principle_id"], principle_sha256=lab["principle_sha256"],

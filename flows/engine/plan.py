@@ -31,16 +31,19 @@ def make_plan(
     runs = [JudgeRun(spec=j.config, endpoints=eps if j.uses_endpoint else [], template_sha=j.fingerprint())
             for j, eps in zip(judges, judge_eps)]  # fmt: skip
     crit = recipe.critique if constitution_path else None
-    served = [recipe.policy, *(recipe.judge_endpoint(j.judge) for j in recipe.judges)]
-    served += [recipe.judge_endpoint(recipe.critique.judge)] if crit else []
+    served = recipe.served()
     model_ids = {served_name(m.model): model_identity(m.model) for m in served if m.is_local}
+    stages = ["generate", *(f"judge:{j.key}" for j in recipe.judges)] + (
+        ["critique"] if recipe.critique else []
+    )
+    prices = {stage: m.price for stage, m in zip(stages, served) if m.price is not None}
     return ShardPlan(
         out_dir=str(out.resolve()), policy_model=recipe.policy.display_name(), policy_endpoints=endpoints[0],
         sampling=recipe.sampling, judges=runs, critique=crit,
         critique_endpoints=endpoints[-1] if crit else [], constitution_path=constitution_path,
         constitution_sha=(f"{constitution_sha}:{templates_sha('constitutional_choice.jinja2')}" if crit else None),
         client=recipe.client, concurrency_share=concurrency_share, prompts_in_flight=recipe.prompts_in_flight,
-        model_ids=model_ids,
+        model_ids=model_ids, prices=prices, budget=recipe.budget,
     )  # fmt: skip
 
 

@@ -12,8 +12,10 @@ import json
 import time
 from typing import Any
 
+from flows.engine.budget import BudgetSpec, Spend
 from flows.engine.journal import Journal
 from serving.client import ChatResult, Choice, LLMClient, RequestRejected
+from serving.price import Price
 
 LOGPROB_ENTRIES = 16  # logprob entries kept per answer (the verdict token comes early); bounds the journal
 PERMANENT_REJECTIONS = {400, 413, 422}  # the request itself is refused (e.g. too long): journal it
@@ -31,7 +33,10 @@ class StageStats:
         self.sent = 0
         self.replayed = 0
         self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
         self.completion_tokens = 0
+        self.new_prompt_tokens = 0  # tokens of the requests sent in this run (what a budget counts)
+        self.new_cached_prompt_tokens = 0
         self.new_completion_tokens = 0
         self.first_at: float | None = None  # wall clock of the first answer (new or replayed)
 
@@ -39,12 +44,26 @@ class StageStats:
         return dict(self.__dict__)
 
 
+class Meter:
+    """A stage's view of the run's budget: checked before a request is sent, charged after."""
+
+    def __init__(self, spend: Spend, budget: BudgetSpec | None, price: Price | None, share: float) -> None:
+        self.spend, self.budget, self.price, self.share = spend, budget, price, share
+
+    def check(self) -> None:
+        self.spend.check(self.budget, self.share)
+
+    def charge(self, res: ChatResult) -> None:
+        self.spend.add(self.price, res.prompt_tokens, res.cached_prompt_tokens, res.completion_tokens)
+
+
 class RecordingClient:
     """`chat` over an `LLMClient`, journalled per request under one stage name."""
 
     def __init__(self, client: LLMClient, journal: Journal, stage: str, model: str, stats: StageStats,
-                 on_answer: Any = None) -> None:  # fmt: skip
+                 on_answer: Any = None, meter: Meter | None = None) -> None:  # fmt: skip
         self.client = client
+        self.meter = meter
         self.journal = journal
         self.stage = stage
         self.model = model
@@ -56,6 +75,8 @@ class RecordingClient:
         key = request_key(self.model, body)
         rec = self.journal.get(key)
         if rec is None:
+            if self.meter is not None:
+                self.meter.check()
             try:
                 res = await self.client.chat(messages, **params)
             except RequestRejected as exc:
@@ -66,8 +87,14 @@ class RecordingClient:
                 c = res.choices[0]
                 rec = {"k": key, "s": self.stage, "t": c.text, "f": c.finish_reason,
                        "pt": res.prompt_tokens, "ct": res.completion_tokens}  # fmt: skip
+                if res.cached_prompt_tokens:
+                    rec["cpt"] = res.cached_prompt_tokens
                 if c.logprobs:
                     rec["lp"] = c.logprobs[:LOGPROB_ENTRIES]
+                if self.meter is not None:
+                    self.meter.charge(res)
+                self.stats.new_prompt_tokens += res.prompt_tokens
+                self.stats.new_cached_prompt_tokens += res.cached_prompt_tokens
                 self.stats.new_completion_tokens += res.completion_tokens
             self.journal.append(rec)
             self.stats.sent += 1
@@ -80,6 +107,7 @@ class RecordingClient:
         if "rejected" in rec:
             raise RequestRejected(rec["error"], rec["rejected"])
         self.stats.prompt_tokens += rec["pt"]
+        self.stats.cached_prompt_tokens += rec.get("cpt", 0)
         self.stats.completion_tokens += rec["ct"]
         choice = Choice.model_construct(text=rec["t"], finish_reason=rec["f"], logprobs=rec.get("lp"))
         return ChatResult.model_construct(choices=[choice], prompt_tokens=rec["pt"], completion_tokens=rec["ct"],

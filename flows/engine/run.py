@@ -21,6 +21,7 @@ from prefect.futures import as_completed
 from pydantic import BaseModel, Field
 
 from flows import progress
+from flows.engine.budget import BudgetReached, spend_for
 from flows.engine.manifest import Manifest, ShardRef
 from flows.engine.plan import expected_requests
 from flows.engine.shard import ShardPlan, ShardResult, finished, run_shard
@@ -59,7 +60,13 @@ class EngineResult(BaseModel):
         return min(t) - self.started_at if t else None
 
 
-@task(name="shard", cache_policy=(INPUTS - "plan") + TASK_SOURCE, retries=1, retry_delay_seconds=5)
+def _retry(task: Any, task_run: Any, state: Any) -> bool:
+    """A shard that failed is retried once, unless it stopped at the run's budget."""
+    return not isinstance(getattr(state, "data", None), BudgetReached)
+
+
+@task(name="shard", cache_policy=(INPUTS - "plan") + TASK_SOURCE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=_retry)  # fmt: skip
 def shard_task(ref: ShardRef, fingerprint: str, plan: ShardPlan) -> ShardResult:
     """All stages of one shard; `fingerprint` (with the shard's content hash) is the cache key."""
     return run_shard(ref, plan)
@@ -161,6 +168,7 @@ def run_shards(spec: RunSpec) -> EngineResult:
     """Submit every shard; return their results in shard order (inside a flow)."""
     man = load_manifest(spec.manifest_path, spec.manifest_sha256)
     plan = spec.plan
+    spend_for(plan.out_dir, reset=True)  # a budget counts this run's requests only
     fp = plan.fingerprint()
     storage = Path(plan.out_dir) / ".prefect"  # task results and cache records beside the data
     t = shard_task.with_options(result_storage=storage, persist_result=True)

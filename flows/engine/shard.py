@@ -21,14 +21,16 @@ from pydantic import BaseModel, Field
 from flows import progress
 from flows.dataset.rows import constitution_pairs, prompt_row, tally_critique
 from flows.dataset.schema import binarized_features, uf_features
+from flows.engine.budget import BudgetSpec, spend_for
 from flows.engine.journal import Journal
 from flows.engine.manifest import ShardRef, read_shard
-from flows.engine.recorded import RecordingClient, StageStats
+from flows.engine.recorded import Meter, RecordingClient, StageStats
 from flows.engine.stages import PromptCritic, generate
 from flows.recipe import CritiqueSpec, Sampling
 from flows.shards import read_json, write_json
 from judges.registry import AnyJudgeConfig, make_judge
 from serving.client import ClientConfig, Endpoint, io_loop, shared_client
+from serving.price import Price
 
 
 class JudgeRun(BaseModel):
@@ -53,6 +55,8 @@ class ShardPlan(BaseModel):
     concurrency_share: float = Field(default=1.0, gt=0, le=1, description="this process's share (Dask)")
     prompts_in_flight: int | None = None
     model_ids: dict[str, str] = Field(default_factory=dict)  # served name -> identity of a local folder
+    prices: dict[str, Price] = Field(default_factory=dict)  # stage ("generate", "judge:<key>", ...) -> price
+    budget: BudgetSpec | None = None  # not in `fingerprint`: it limits a run, it does not shape data
 
     def model_key(self, served: str) -> str:
         """What journal keys use for a model: a local folder's content identity, else its name (two
@@ -137,6 +141,8 @@ def _constitution(plan: ShardPlan) -> Any:
 
 async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: dict[str, StageStats],
                   clients: dict[str, Any]) -> list:  # fmt: skip
+    spend = spend_for(plan.out_dir)
+
     def rec(stage: str, model: str) -> RecordingClient | None:
         stats[stage] = StageStats()
         if stage not in clients:
@@ -148,6 +154,7 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
             plan.model_key(model),
             stats[stage],
             lambda: progress.advance("requests"),
+            Meter(spend, plan.budget, plan.prices.get(stage), plan.concurrency_share),
         )
 
     gen = rec("generate", plan.policy_model)

@@ -1,0 +1,120 @@
+"""Token and money accounting: prices per endpoint, cost per stage, and a budget that stops a run.
+
+A budget counts what *this* run sends (journalled answers cost nothing again); when it is reached no
+new request starts, the requests in flight finish and are journalled, and the run stops with one line.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.errors import RlaifError
+from serving.price import Price
+
+
+class BudgetSpec(BaseModel):
+    """`budget:` in a recipe: the most this run may send, in tokens (prompt + completion) or USD."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int | None = Field(default=None, ge=1, description="prompt + completion tokens sent by this run")
+    usd: float | None = Field(default=None, gt=0, description="USD spent by this run (needs `price:`)")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> BudgetSpec:
+        if self.tokens is None and self.usd is None:
+            raise ValueError("name `tokens:` or `usd:` (or leave `budget:` out)")
+        return self
+
+
+class BudgetReached(RlaifError):
+    """The run stopped at its budget; everything answered so far is journalled."""
+
+    exit_code: ClassVar[int] = 4
+    label: ClassVar[str] = "stopped"
+
+
+class Spend:
+    """What this process's requests of one run have used so far (shared by its shards' threads)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.usd = 0.0
+        self.lock = threading.Lock()
+
+    def check(self, budget: BudgetSpec | None, share: float) -> None:
+        """Raise `BudgetReached` when this process's share of the budget is used up."""
+        if budget is None:
+            return
+        with self.lock:
+            over = (budget.tokens is not None and self.tokens >= budget.tokens * share) or (
+                budget.usd is not None and self.usd >= budget.usd * share
+            )
+            tokens, usd = self.tokens, self.usd
+        if over:
+            limit = f"{budget.tokens:,} tokens" if budget.tokens is not None else f"${budget.usd:,.2f}"
+            raise BudgetReached(
+                f"budget reached ({limit}; this run sent {tokens:,} tokens, ${usd:,.4f}): everything "
+                "answered so far is journalled; re-run with a larger or no `budget:` to continue"
+            )
+
+    def add(self, price: Price | None, prompt: int, cached: int, completion: int) -> None:
+        with self.lock:
+            self.tokens += prompt + completion
+            if price is not None:
+                self.usd += price.cost(prompt, cached, completion)
+
+
+_SPENDS: dict[str, Spend] = {}
+_LOCK = threading.Lock()
+
+
+def spend_for(run_key: str, reset: bool = False) -> Spend:
+    """The process-wide `Spend` of one run (keyed by its output folder); `reset` at a run's start."""
+    with _LOCK:
+        if reset or run_key not in _SPENDS:
+            _SPENDS[run_key] = Spend()
+        return _SPENDS[run_key]
+
+
+class Usage(BaseModel):
+    """Tokens and cost of one stage or judge: of the whole dataset, and of what this run sent."""
+
+    requests: int = 0
+    replayed: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    new_prompt_tokens: int = 0
+    new_cached_prompt_tokens: int = 0
+    new_completion_tokens: int = 0
+    cost_usd: float | None = None  # the dataset's tokens at the endpoint's price (None: no price)
+    new_cost_usd: float | None = None  # this run's requests only
+
+    def add(self, st: dict[str, Any], cached: bool) -> None:
+        """One shard's StageStats figures (a shard read back finished sent nothing now)."""
+        self.prompt_tokens += st["prompt_tokens"]
+        self.cached_prompt_tokens += st.get("cached_prompt_tokens", 0)
+        self.completion_tokens += st["completion_tokens"]
+        self.replayed += st["replayed"] if not cached else st["sent"] + st["replayed"]
+        if not cached:
+            self.requests += st["sent"]
+            self.new_prompt_tokens += st.get("new_prompt_tokens", 0)
+            self.new_completion_tokens += st["new_completion_tokens"]
+            self.new_cached_prompt_tokens += st.get("new_cached_prompt_tokens", 0)
+
+    def price(self, price: Price | None) -> None:
+        if price is None:
+            return
+        self.cost_usd = round(
+            price.cost(self.prompt_tokens, self.cached_prompt_tokens, self.completion_tokens), 6
+        )
+        self.new_cost_usd = round(
+            price.cost(self.new_prompt_tokens, self.new_cached_prompt_tokens, self.new_completion_tokens), 6
+        )
+
+    def cache_hit_rate(self) -> float | None:
+        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else None

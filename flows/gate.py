@@ -1,0 +1,114 @@
+"""The judge gate: judge-eval on the recipe's labelled pairs, on the real judge endpoint, before any
+generation request. Below a threshold the run stops with exit code 3 (`--no-gate` overrides)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from flows.prompts import resolve_path
+from flows.recipe import Recipe
+from flows.shards import read_json, write_json
+from serving.errors import RlaifError
+
+
+class GateFailed(RlaifError):
+    """The gated judge scored below a threshold on the labelled pairs."""
+
+    exit_code: ClassVar[int] = 3
+    label: ClassVar[str] = "gate failed"
+
+
+class GateResult(BaseModel):
+    """What the gate measured and decided (summary.json `gate`, the card, OUT/gate.json)."""
+
+    judge: str
+    pairs: str
+    key: str  # judge fingerprint + pairs content: a re-run with the same key reuses these figures
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    figures: dict[str, Any] = Field(default_factory=dict)
+    failures: list[str] = Field(default_factory=list)  # e.g. "accuracy 0.50 < 0.70"
+    passed: bool = True
+    informational: bool = False  # no thresholds: figures only
+    overridden: bool = False  # failed, and the run went on because of --no-gate
+
+    def line(self) -> str:
+        f = self.figures
+        parts = [f"{k} {f[k]:.2f}" for k in ("accuracy", "margin_over_length", "consistency", "p_first")
+                 if isinstance(f.get(k), (int, float))]  # fmt: skip
+        verdict = "informational" if self.informational else ("passed" if self.passed else "FAILED")
+        return (
+            f"{verdict}: judge {self.judge} on {Path(self.pairs).name} ({f.get('n', 0)} pairs): "
+            + ", ".join(parts)
+        )
+
+
+class Gate:
+    """The recipe's gate, resolved before any server starts: the pairs are read (a bad file fails the
+    run up front with exit 2) and the gated judge is chosen."""
+
+    def __init__(self, recipe: Recipe, recipe_dir: Path | None, out: Path) -> None:
+        from flows.judge_eval import load_pairs
+        from judges.registry import make_judge
+
+        assert recipe.gate is not None
+        self.spec = recipe.gate
+        self.config = recipe.gate_judge()
+        assert self.config is not None
+        self.path = resolve_path(self.spec.pairs, recipe_dir)
+        self.pairs = load_pairs(self.path)[: self.spec.limit]
+        self.served = recipe.judge_endpoint(self.config.judge)
+        judge = make_judge(self.config)
+        h = hashlib.sha256(self.path.read_bytes())
+        h.update(f"{judge.fingerprint()}|{self.served.display_name()}|{self.spec.limit}".encode())
+        self.key = h.hexdigest()[:16]
+        self.saved = out / "gate.json"
+        self.client_config = recipe.client
+
+    def cached(self) -> GateResult | None:
+        """The figures of an earlier run of this same gate (same judge, endpoint model and pairs)."""
+        if self.saved.exists():
+            old = GateResult.model_validate(read_json(self.saved))
+            if old.key == self.key:
+                return old
+        return None
+
+    def run(self) -> GateResult:
+        """Evaluate the judge on its live endpoint (call inside `live_endpoints`)."""
+        from flows.judge_eval import evaluate
+        from judges.registry import make_judge
+        from serving.client import run_sync, shared_client
+
+        res = self.cached()
+        if res is None:
+            client = shared_client(self.served.endpoint_list(), self.client_config)
+            judge = make_judge(self.config, client)
+            ev = run_sync(lambda: evaluate(judge, self.pairs))
+            res = GateResult(
+                judge=self.config.key, pairs=str(self.path), key=self.key, figures=ev.model_dump()
+            )
+        res.thresholds = self.spec.thresholds()
+        res.informational = not res.thresholds
+        res.failures = [
+            f"{name} {'n/a' if res.figures.get(name) is None else f'{res.figures[name]:.2f}'} < {low:.2f}"
+            for name, low in res.thresholds.items()
+            if res.figures.get(name) is None or res.figures[name] < low
+        ]
+        res.passed = not res.failures
+        write_json(self.saved, res.model_dump())
+        return res
+
+    def enforce(self, res: GateResult, no_gate: bool) -> GateResult:
+        """Raise `GateFailed` (exit 3) on a failed gate unless `no_gate`."""
+        if res.passed:
+            return res
+        if no_gate:
+            return res.model_copy(update={"overridden": True})
+        raise GateFailed(
+            f"judge {res.judge} on {self.path}: {', '.join(res.failures)} ({res.figures.get('n', 0)} pairs); "
+            f"no generation request was sent; figures in {self.saved}; use a stronger judge, lower "
+            "the `gate:` thresholds, or pass --no-gate"
+        )
