@@ -24,7 +24,8 @@ import httpx
 from stub_server import start_stub
 
 from judges.ultrafeedback import rating_schema
-from serving.client import ClientConfig, Endpoint, LLMClient
+from serving.client import LLMClient
+from serving.endpoint import ClientConfig, Endpoint
 
 SCHEMA = rating_schema(4)  # the UltraFeedback judge's own response_format for 4 answers
 ANSWER = "The capital of France is Paris, a city on the Seine known for its museums and history. "

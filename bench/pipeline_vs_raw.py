@@ -25,7 +25,8 @@ from flows.engine.stages import PromptCritic, generate
 from flows.recipe import CritiqueSpec, Sampling
 from judges.constitution import load_constitution
 from judges.registry import make_judge, parse_judge_config
-from serving.client import ClientConfig, Endpoint, LLMClient
+from serving.client import LLMClient
+from serving.endpoint import ClientConfig, Endpoint
 from serving.vllm import VllmServer
 
 CONC = 32

@@ -8,7 +8,7 @@ from contextlib import ExitStack, contextmanager
 import httpx
 
 from flows.recipe import ServedModel
-from serving.client import Endpoint
+from serving.endpoint import Endpoint
 from serving.errors import EndpointError
 from serving.models import model_identity
 from serving.vllm import VllmServer

@@ -14,8 +14,9 @@ from flows.recipe import Recipe, ServedModel, load_recipe
 from judges.contract import both_orders
 from judges.pairwise import PairwiseConfig
 from judges.registry import make_judge
-from serving.client import ClientConfig, run_sync, shared_client
+from serving.endpoint import ClientConfig
 from serving.models import DEFAULT_MODEL
+from serving.shared import run_sync, shared_client
 
 
 class PolicyEval(BaseModel):

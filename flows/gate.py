@@ -80,7 +80,7 @@ class Gate:
         """Evaluate the judge on its live endpoint (call inside `live_endpoints`)."""
         from flows.judge_eval import evaluate
         from judges.registry import make_judge
-        from serving.client import run_sync, shared_client
+        from serving.shared import run_sync, shared_client
 
         res = self.cached()
         if res is None:

@@ -37,8 +37,8 @@ from flows.recipe import Recipe
 from flows.shards import check_writable, write_json
 from judges.registry import make_judge
 from serving import metrics
-from serving.client import total_counters
 from serving.price import Price
+from serving.shared import total_counters
 
 
 class StageResult(BaseModel):

@@ -23,8 +23,8 @@ from pydantic import (
 from flows.engine.budget import BudgetSpec
 from judges.contract import JudgeConfig
 from judges.registry import AnyJudgeConfig
-from serving.client import ClientConfig
 from serving.config_files import describe_error, field_error, load_model
+from serving.endpoint import ClientConfig
 from serving.errors import ConfigError
 from serving.served import ServedModel, check_model_ref
 

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from judges.base import choice_probability, clip, render
 from judges.constitution import Constitution, Principle, load_constitution
 from judges.contract import Judge, JudgeConfig, Judgement, Preference
-from serving.client import LLMClient, RequestRejected
+from serving.client import LLMClient
+from serving.endpoint import RequestRejected
 
 REFUSAL = re.compile(
     r"^(i'?m sorry|i am sorry|i cannot|i can'?t (revise|rewrite|help)|no (revision|changes?) (is |are )?needed"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from judges.base import choice_probability, clip, parse_json_object, render
 from judges.contract import Judge, JudgeConfig, Judgement, Preference, VerdictRow, add
-from serving.client import RequestRejected
+from serving.endpoint import RequestRejected
 
 Verdict = Literal["A", "B", "tie"]
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from judges.base import clip, parse_json_object, render, scan_ratings, seeded_order
 from judges.contract import Judge, JudgeConfig, Judgement, Preference, add
-from serving.client import RequestRejected
+from serving.endpoint import RequestRejected
 
 ASPECTS: dict[str, str] = {
     "instruction_following": "Instruction following",

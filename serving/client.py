@@ -11,20 +11,16 @@ than `openai.AsyncOpenAI`, which is built on httpx), measured by `bench/client_s
 from __future__ import annotations
 
 import asyncio
-import atexit
-import os
 import random
-import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
-from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
+from serving.endpoint import ChatResult, Choice, ClientConfig, Counters, Endpoint, RequestRejected
 from serving.errors import EndpointError
 
 try:  # orjson comes with vLLM; the standard library is the fallback
@@ -49,70 +45,6 @@ WRONG_ENDPOINT = {401, 403, 404}  # bad key, no access, unknown model: not the r
 # What a dropped connection, a refused connect or a timeout raises (retried like a 5xx).
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-class Endpoint(BaseModel):
-    """One OpenAI-compatible endpoint. `api_key_env` is the *name* of an environment variable."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str = Field(description="e.g. http://127.0.0.1:8765/v1 or https://api.openai.com/v1")
-    model: str = Field(description="model name the endpoint serves")
-    api_key_env: str | None = Field(default=None, description="env var holding the API key")
-    max_concurrency: int = Field(default=32, ge=1, description="requests in flight at once")
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if key is None:
-            raise EndpointError(
-                f"endpoint {self.base_url}: environment variable {self.api_key_env} is not set"
-            )
-        return key
-
-
-class ClientConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    timeout_s: float = Field(default=600.0, gt=0, description="per-request timeout (CPU is slow)")
-    max_retries: int = Field(default=5, ge=0)
-    backoff_base_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    rest_after_failures: int = Field(default=5, ge=1, description="consecutive failures to rest")
-    rest_s: float = Field(default=30.0, ge=0, description="how long a failing endpoint rests")
-
-
-class Counters(BaseModel):
-    requests: int = 0
-    failures: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    completion_tokens: int = 0
-    wall_s: float = 0.0
-
-
-class Choice(BaseModel):
-    text: str
-    finish_reason: str | None = None
-    logprobs: list[dict[str, Any]] | None = None  # content entries: token, logprob, top_logprobs
-
-
-class ChatResult(BaseModel):
-    choices: list[Choice]
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0  # prompt tokens the server answered from its prefix cache
-    completion_tokens: int = 0
-    endpoint: str = ""
-
-
-class RequestRejected(EndpointError):
-    """The endpoint refused this request for good (4xx other than 429/408), e.g. prompt too long."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _EndpointState:
@@ -346,76 +278,3 @@ class LLMClient:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             endpoint=base_url,
         )
-
-
-class LoopThread:
-    """A background event loop so synchronous code (Prefect tasks in threads) shares one client."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="rlaif-io")
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-
-_LOOP: LoopThread | None = None
-_CLIENTS: dict[str, LLMClient] = {}
-_LOCK = threading.Lock()
-
-
-def io_loop() -> LoopThread:
-    global _LOOP
-    with _LOCK:
-        if _LOOP is None:
-            _LOOP = LoopThread()
-        return _LOOP
-
-
-def shared_client(endpoints: list[Endpoint], config: ClientConfig | None = None) -> LLMClient:
-    """One client per endpoint set per process, living on the shared background loop."""
-    key = "|".join(e.model_dump_json() for e in endpoints) + (config or ClientConfig()).model_dump_json()
-    loop = io_loop()
-    with _LOCK:
-        if key not in _CLIENTS:
-
-            async def make() -> LLMClient:
-                return LLMClient(endpoints, config)
-
-            _CLIENTS[key] = asyncio.run_coroutine_threadsafe(make(), loop.loop).result()
-        return _CLIENTS[key]
-
-
-def total_counters() -> Counters:
-    """Counters summed over every client of this process (for run summaries)."""
-    total = Counters()
-    with _LOCK:
-        clients = list(_CLIENTS.values())
-    for c in clients:
-        for field in Counters.model_fields:
-            setattr(total, field, getattr(total, field) + getattr(c.counters, field))
-    return total
-
-
-@atexit.register
-def _close_shared_clients() -> None:
-    """Close the shared clients' connections at exit (aiohttp complains about unclosed sessions)."""
-    with _LOCK:
-        loop, clients = _LOOP, list(_CLIENTS.values())
-    if loop is None or not loop.thread.is_alive():
-        return
-    for client in clients:
-        try:
-            asyncio.run_coroutine_threadsafe(client.aclose(), loop.loop).result(timeout=5)
-        except Exception:  # exiting anyway: never turn a clean exit into a traceback
-            pass
-
-
-def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine factory on the shared loop from synchronous code."""
-
-    async def wrap() -> T:
-        return await fn()
-
-    return io_loop().run(wrap())

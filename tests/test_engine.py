@@ -11,7 +11,7 @@ from flows.engine.journal import Journal
 from flows.engine.manifest import read_shard, write_manifest
 from flows.engine.recorded import RecordingClient, StageStats
 from flows.prompts import iter_prompts
-from serving.client import ChatResult, Choice, RequestRejected
+from serving.endpoint import ChatResult, Choice, RequestRejected
 from tests.helpers import write_jsonl
 
 

@@ -56,6 +56,7 @@ def test_a_judge_defined_in_one_file_runs_the_whole_pipeline(vllm_server, tmp_pa
         f"name: length\nprompts:\n  limit: 6\npolicy:\n  port: {vllm_server.port}\n"
         "sampling:\n  n: 3\n  max_tokens: 40\n  temperature: 1.0\n"
         "judges:\n  - type: length\n    per_char: 0.5\nbinarize:\n  rule: all-pairs\n  test_fraction: 0.25\n"
+        "lints:\n  allow_truncated_chosen: true\n"  # 40 tokens cut most answers: rank them all
     )
     recipe = load_recipe(recipe_file)
     out = tmp_path / "out"

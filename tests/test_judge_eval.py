@@ -299,7 +299,8 @@ def test_cli_evaluates_the_constitution_label_judge(tmp_path, capsys):
 
 
 def test_constitution_label_judge_letters_without_logprobs_and_one_sampled_principle(tmp_path):
-    from serving.client import ClientConfig, Endpoint, LLMClient
+    from serving.client import LLMClient
+    from serving.endpoint import ClientConfig, Endpoint
 
     const = tmp_path / "c.yaml"
     const.write_text(CONSTITUTION)

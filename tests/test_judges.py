@@ -10,7 +10,8 @@ import pytest
 from flows.judge_eval import evaluate, load_pairs
 from judges.pairwise import PairwiseConfig, PairwiseJudge
 from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge
-from serving.client import ClientConfig, Endpoint, LLMClient
+from serving.client import LLMClient
+from serving.endpoint import ClientConfig, Endpoint
 from serving.errors import DataError
 from tests.stubs import always_answers
 

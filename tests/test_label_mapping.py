@@ -14,7 +14,7 @@ from flows.prompts import PromptRow
 from judges.contract import Judgement, VerdictRow
 from judges.pairwise import PairwiseConfig, PairwiseJudge
 from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge
-from serving.client import ChatResult, Choice
+from serving.endpoint import ChatResult, Choice
 
 QUALITY = re.compile(r"quality=(\d)")
 

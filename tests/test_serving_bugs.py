@@ -14,9 +14,10 @@ import pytest
 
 from flows.engine.journal import Journal
 from flows.engine.recorded import RecordingClient, StageStats
-from serving.client import ClientConfig, Endpoint, RequestRejected, run_sync, shared_client
+from serving.endpoint import ClientConfig, Endpoint, RequestRejected
 from serving.errors import EndpointError
 from serving.models import model_identity, served_name
+from serving.shared import run_sync, shared_client
 from serving.vllm import VllmServer
 from tests.stubs import Reply, StubServer, chat_body
 

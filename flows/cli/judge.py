@@ -49,8 +49,8 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     from flows.judge_eval import JudgeEval, evaluate, format_table, load_pairs
     from flows.recipe import Recipe, load_recipe
     from flows.shards import atomic_write_text, check_writable
-    from serving.client import run_sync, shared_client
     from serving.errors import ConfigError
+    from serving.shared import run_sync, shared_client
 
     if args.resamples < 1:
         raise ConfigError(f"--resamples {args.resamples}: must be at least 1")

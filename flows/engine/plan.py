@@ -9,7 +9,7 @@ from flows.engine.shard import JudgeRun, ShardPlan
 from flows.recipe import Recipe
 from judges.base import TEMPLATES
 from judges.registry import make_judge
-from serving.client import Endpoint
+from serving.endpoint import Endpoint
 from serving.models import model_identity, served_name
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from flows.engine.budget import BudgetSpec, Spend
 from flows.engine.journal import Journal
-from serving.client import ChatResult, Choice, LLMClient, RequestRejected
+from serving.client import LLMClient
+from serving.endpoint import ChatResult, Choice, RequestRejected
 from serving.price import Price
 
 LOGPROB_ENTRIES = 16  # logprob entries kept per answer (the verdict token comes early); bounds the journal

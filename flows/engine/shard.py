@@ -29,8 +29,9 @@ from flows.engine.stages import PromptCritic, generate
 from flows.recipe import CritiqueSpec, Sampling
 from flows.shards import read_json, write_json
 from judges.registry import AnyJudgeConfig, make_judge
-from serving.client import ClientConfig, Endpoint, io_loop, shared_client
+from serving.endpoint import ClientConfig, Endpoint
 from serving.price import Price
+from serving.shared import io_loop, shared_client
 
 
 class JudgeRun(BaseModel):

@@ -15,7 +15,7 @@ from flows.prompts import PromptRow
 from flows.recipe import CritiqueSpec, Sampling
 from judges.constitution import Constitution
 from judges.constitutional import ConstitutionalCritic, ConstitutionalJudge, pick_principles
-from serving.client import RequestRejected
+from serving.endpoint import RequestRejected
 
 
 def sample_seed(base: int | None, prompt_id: str, index: int) -> int | None:

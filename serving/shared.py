@@ -1,0 +1,88 @@
+"""One background event loop per process and one client per endpoint set on it, so synchronous code
+(Prefect tasks in threads, CLI commands) shares connections; counters summed for run summaries."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from serving.client import LLMClient
+from serving.endpoint import ClientConfig, Counters, Endpoint
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """A background event loop so synchronous code (Prefect tasks in threads) shares one client."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="rlaif-io")
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+_LOOP: LoopThread | None = None
+_CLIENTS: dict[str, LLMClient] = {}
+_LOCK = threading.Lock()
+
+
+def io_loop() -> LoopThread:
+    global _LOOP
+    with _LOCK:
+        if _LOOP is None:
+            _LOOP = LoopThread()
+        return _LOOP
+
+
+def shared_client(endpoints: list[Endpoint], config: ClientConfig | None = None) -> LLMClient:
+    """One client per endpoint set per process, living on the shared background loop."""
+    key = "|".join(e.model_dump_json() for e in endpoints) + (config or ClientConfig()).model_dump_json()
+    loop = io_loop()
+    with _LOCK:
+        if key not in _CLIENTS:
+
+            async def make() -> LLMClient:
+                return LLMClient(endpoints, config)
+
+            _CLIENTS[key] = asyncio.run_coroutine_threadsafe(make(), loop.loop).result()
+        return _CLIENTS[key]
+
+
+def total_counters() -> Counters:
+    """Counters summed over every client of this process (for run summaries)."""
+    total = Counters()
+    with _LOCK:
+        clients = list(_CLIENTS.values())
+    for c in clients:
+        for field in Counters.model_fields:
+            setattr(total, field, getattr(total, field) + getattr(c.counters, field))
+    return total
+
+
+@atexit.register
+def _close_shared_clients() -> None:
+    """Close the shared clients' connections at exit (aiohttp complains about unclosed sessions)."""
+    with _LOCK:
+        loop, clients = _LOOP, list(_CLIENTS.values())
+    if loop is None or not loop.thread.is_alive():
+        return
+    for client in clients:
+        try:
+            asyncio.run_coroutine_threadsafe(client.aclose(), loop.loop).result(timeout=5)
+        except Exception:  # exiting anyway: never turn a clean exit into a traceback
+            pass
+
+
+def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine factory on the shared loop from synchronous code."""
+
+    async def wrap() -> T:
+        return await fn()
+
+    return io_loop().run(wrap())
