@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +75,7 @@ class RewardModelJudge(Judge):
 
 
 _SCORERS: dict[tuple[str, int], Any] = {}
+_SCORERS_LOCK = threading.Lock()  # scoring threads start together: load once, import transformers once
 
 
 def _scorer(path: str, max_length: int) -> Any:
@@ -81,6 +83,7 @@ def _scorer(path: str, max_length: int) -> Any:
     from serving.reward_scoring import RewardScorer
 
     key = (path, max_length)
-    if key not in _SCORERS:
-        _SCORERS[key] = RewardScorer(path, max_length)
-    return _SCORERS[key]
+    with _SCORERS_LOCK:
+        if key not in _SCORERS:
+            _SCORERS[key] = RewardScorer(path, max_length)
+        return _SCORERS[key]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from serving.errors import RlaifError
 
 if TYPE_CHECKING:
+    from flows.dataset.build import BuildResult
     from flows.pipeline import RunSummary
     from flows.recipe import Recipe
 
@@ -58,6 +59,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def lint_line(b: BuildResult) -> str:
+    """The lints in one cell: what a user should notice before training (details: the card)."""
+    lint, st = b.lints, b.stats
+    parts = [f"{lint.truncated_completions} of {b.completions} answers cut at max_tokens"]
+    lost = st.truncated_chosen_dropped + st.truncated_sft_dropped
+    if lint.truncated_completions:
+        parts[0] += f" (never chosen; {lost} pairs/SFT rows lost: raise sampling.max_tokens)" if lost else ""
+    parts.append(f"{lint.identical_pairs_dropped + lint.empty_pairs_dropped} identical/empty pairs dropped")
+    parts.append(f"{lint.exact_duplicate_prompts + lint.near_duplicate_prompts} duplicate prompts")
+    if lint.decontaminated_prompts:
+        parts.append(f"{lint.decontaminated_prompts} prompts decontaminated")
+    return ", ".join(parts)
+
+
 def closing_table(summary: RunSummary) -> str:
     """What a user wants to see at the end: pairs, judge quality, training effect, where things are."""
     b = summary.build
@@ -69,6 +84,7 @@ def closing_table(summary: RunSummary) -> str:
         rows.append(("best-of-N SFT rows", str(b.pairs.get("train_sft", 0) + b.pairs.get("test_sft", 0))))
         if b.constitution_pairs:
             rows.append(("pairs from the constitution", str(b.constitution_pairs)))
+        rows.append(("lints", lint_line(b)))
         for key, f in b.judges.items():
             for label, value in (f.get("headline") or {}).items():
                 rows.append(
