@@ -38,31 +38,46 @@ class BudgetReached(RlaifError):
 
 
 class Spend:
-    """What this process's requests of one run have used so far (shared by its shards' threads)."""
+    """What this process's requests of one run have used so far (shared by its shards' threads), plus
+    what the requests in flight may still use: a request starts only if its worst case (prompt +
+    `max_tokens`) fits, so concurrency cannot overshoot the budget."""
 
     def __init__(self) -> None:
         self.tokens = 0
         self.usd = 0.0
+        self.held_tokens = 0
+        self.held_usd = 0.0
         self.lock = threading.Lock()
 
-    def check(self, budget: BudgetSpec | None, share: float) -> None:
-        """Raise `BudgetReached` when this process's share of the budget is used up."""
+    def reserve(self, budget: BudgetSpec | None, share: float, price: Price | None, prompt: int,
+                completion: int) -> tuple[int, float]:  # fmt: skip
+        """Hold a request's worst case, or raise `BudgetReached` when it does not fit this process's
+        share of the budget. Returns the hold, for `settle`."""
         if budget is None:
-            return
+            return 0, 0.0
+        tokens = prompt + completion
+        usd = price.cost(prompt, 0, completion) if price is not None else 0.0
         with self.lock:
-            over = (budget.tokens is not None and self.tokens >= budget.tokens * share) or (
-                budget.usd is not None and self.usd >= budget.usd * share
-            )
-            tokens, usd = self.tokens, self.usd
-        if over:
-            limit = f"{budget.tokens:,} tokens" if budget.tokens is not None else f"${budget.usd:,.2f}"
-            raise BudgetReached(
-                f"budget reached ({limit}; this run sent {tokens:,} tokens, ${usd:,.4f}): everything "
-                "answered so far is journalled; re-run with a larger or no `budget:` to continue"
-            )
+            over = (budget.tokens is not None and self.tokens + self.held_tokens + tokens > budget.tokens * share) or (
+                budget.usd is not None and self.usd + self.held_usd + usd > budget.usd * share
+            )  # fmt: skip
+            if not over:
+                self.held_tokens += tokens
+                self.held_usd += usd
+                return tokens, usd
+            sent, spent = self.tokens, self.usd
+        limit = f"{budget.tokens:,} tokens" if budget.tokens is not None else f"${budget.usd:,.2f}"
+        raise BudgetReached(
+            f"budget reached ({limit}; this run sent {sent:,} tokens, ${spent:,.4f}): everything "
+            "answered so far is journalled; re-run with a larger or no `budget:` to continue"
+        )
 
-    def add(self, price: Price | None, prompt: int, cached: int, completion: int) -> None:
+    def settle(self, hold: tuple[int, float], price: Price | None, prompt: int, cached: int,
+               completion: int) -> None:  # fmt: skip
+        """Release a request's hold and charge what it really used (zeros: it failed)."""
         with self.lock:
+            self.held_tokens -= hold[0]
+            self.held_usd -= hold[1]
             self.tokens += prompt + completion
             if price is not None:
                 self.usd += price.cost(prompt, cached, completion)

@@ -46,16 +46,25 @@ class StageStats:
 
 
 class Meter:
-    """A stage's view of the run's budget: checked before a request is sent, charged after."""
+    """A stage's view of the run's budget: a request's worst case is held before it is sent, and what
+    it really used is charged after."""
 
     def __init__(self, spend: Spend, budget: BudgetSpec | None, price: Price | None, share: float) -> None:
         self.spend, self.budget, self.price, self.share = spend, budget, price, share
 
-    def check(self) -> None:
-        self.spend.check(self.budget, self.share)
+    def hold(self, messages: list[dict[str, str]], params: dict[str, Any]) -> tuple[int, float]:
+        """Raise `BudgetReached` if this request's worst case does not fit: its prompt (~4 characters
+        a token) plus `max_tokens` for each of its `n` samples."""
+        prompt = sum(len(m.get("content") or "") for m in messages) // 4 + 8
+        completion = int(params.get("max_tokens") or 512) * int(params.get("n") or 1)
+        return self.spend.reserve(self.budget, self.share, self.price, prompt, completion)
 
-    def charge(self, res: ChatResult) -> None:
-        self.spend.add(self.price, res.prompt_tokens, res.cached_prompt_tokens, res.completion_tokens)
+    def charge(self, held: tuple[int, float], res: ChatResult | None) -> None:
+        if res is None:
+            self.spend.settle(held, None, 0, 0, 0)
+        else:
+            self.spend.settle(held, self.price, res.prompt_tokens, res.cached_prompt_tokens,
+                              res.completion_tokens)  # fmt: skip
 
 
 class RecordingClient:
@@ -76,12 +85,13 @@ class RecordingClient:
         key = request_key(self.model, body)
         rec = self.journal.get(key)
         if rec is None:
-            if self.meter is not None:
-                self.meter.check()
+            held = self.meter.hold(messages, params) if self.meter is not None else (0, 0.0)
             try:
                 res = await self.client.chat(messages, **params)
-            except RequestRejected as exc:
-                if exc.status not in PERMANENT_REJECTIONS:
+            except BaseException as exc:
+                if self.meter is not None:
+                    self.meter.charge(held, None)
+                if not isinstance(exc, RequestRejected) or exc.status not in PERMANENT_REJECTIONS:
                     raise
                 rec = {"k": key, "s": self.stage, "rejected": exc.status, "error": str(exc)[:300]}
             else:
@@ -93,7 +103,7 @@ class RecordingClient:
                 if c.logprobs:
                     rec["lp"] = c.logprobs[:LOGPROB_ENTRIES]
                 if self.meter is not None:
-                    self.meter.charge(res)
+                    self.meter.charge(held, res)
                 self.stats.new_prompt_tokens += res.prompt_tokens
                 self.stats.new_cached_prompt_tokens += res.cached_prompt_tokens
                 self.stats.new_completion_tokens += res.completion_tokens
