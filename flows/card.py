@@ -18,11 +18,14 @@ SMALL_JUDGE_WARNING = (
 )
 
 
-def _yaml_header() -> str:
-    splits = ["train_prefs", "test_prefs", "train_sft", "test_sft"]
+def _yaml_header(rows: dict[str, int]) -> str:
+    """`configs:` for `load_dataset(folder, name)`; a split without rows is left out (`datasets`
+    cannot load a 0-row Parquet file: "corresponds to no data")."""
+    splits = [s for s in ("train_prefs", "test_prefs", "train_sft", "test_sft") if rows.get(s)]
     lines = ["---", "configs:", "- config_name: ultrafeedback", "  data_files:",
-             "  - split: train", "    path: parquet/ultrafeedback/train.parquet",
-             "- config_name: binarized", "  data_files:"]  # fmt: skip
+             "  - split: train", "    path: parquet/ultrafeedback/train.parquet"]  # fmt: skip
+    if splits:
+        lines += ["- config_name: binarized", "  data_files:"]
     for s in splits:
         lines += [f"  - split: {s}", f"    path: parquet/binarized/{s}.parquet"]
     lines += ["tags:", "- rlaif", "- preference", "- dpo", "- synthetic", "---", ""]
@@ -100,7 +103,7 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
     """The card: what produced the data, counts, judge quality figures, length-bias signal."""
     extra = extra or {}
     prov_policy = recipe.policy.display_name()
-    lines = [_yaml_header(), f"# {recipe.name}: preference data made with rlaif", ""]
+    lines = [_yaml_header(build.pairs), f"# {recipe.name}: preference data made with rlaif", ""]
     lines += [
         f"Completions from **{prov_policy}** ({recipe.sampling.n} per prompt, temperature "
         f"{recipe.sampling.temperature}, max_tokens {recipe.sampling.max_tokens}), rated by LLM "

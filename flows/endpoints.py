@@ -54,7 +54,8 @@ def live_endpoints(*specs: ServedModel) -> Iterator[list[list[Endpoint]]]:
                             "give the judge its own `port:` in the recipe"
                         )
                     server = VllmServer(spec.model, port=spec.port, max_model_len=spec.max_model_len,
-                                        extra_args=["--trust-remote-code"] if spec.trust_remote_code else None)  # fmt: skip
+                                        extra_args=["--trust-remote-code"] if spec.trust_remote_code else None,
+                                        name=spec.served_as)  # fmt: skip
                     servers[key] = stack.enter_context(server)
             else:
                 for ep in spec.endpoint_list():

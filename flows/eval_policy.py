@@ -42,8 +42,8 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def answers(model: str, port: int, prompts: list[PromptRow], max_tokens: int, cfg: ClientConfig) -> list[str]:
-    spec = ServedModel(model=model, port=port)
+def answers(spec: ServedModel, prompts: list[PromptRow], max_tokens: int, cfg: ClientConfig) -> list[str]:
+    """Greedy answers of the model behind `spec` (a local server is started or reused)."""
     with live_endpoints(spec) as (eps,):
         client = shared_client(eps, cfg)
 
@@ -55,19 +55,13 @@ def answers(model: str, port: int, prompts: list[PromptRow], max_tokens: int, cf
         return run_sync(go)
 
 
-def eval_policy(
-    model: str, baseline: str, prompts_path: str, column: str = "prompt", limit: int | None = None,
-    judge_recipe: str | None = None, max_tokens: int = 128, port: int = 8766,
-) -> PolicyEval:  # fmt: skip
-    prompts = load_prompts(prompts_path, column=column, limit=limit).rows
-    recipe = load_recipe(judge_recipe) if judge_recipe else Recipe()
-    cfg = recipe.client
-    a = answers(model, port, prompts, max_tokens, cfg)
-    b = answers(baseline, port, prompts, max_tokens, cfg)
-    config = recipe.judges[0] if recipe.judges else PairwiseConfig()
-    judge_served = recipe.judge_endpoint(config.judge)
-    with live_endpoints(judge_served) as (eps,):
-        judge = make_judge(config, shared_client(eps, cfg))
+def judge_ab(recipe: Recipe, prompts: list[PromptRow], a: list[str], b: list[str]) -> tuple[list[str], str]:
+    """Per prompt "x" (A won both orders), "y" (B did) or "tie", by the recipe's first pairwise judge,
+    else its first judge, else pairwise on the recipe's policy endpoint; and the judge's model name."""
+    pairwise = [j for j in recipe.judges if isinstance(j, PairwiseConfig)]
+    config = (pairwise or recipe.judges or [PairwiseConfig()])[0]
+    with live_endpoints(recipe.judge_endpoint(config.judge)) as (eps,):
+        judge = make_judge(config, shared_client(eps, recipe.client))
 
         async def go() -> list[str]:  # x = A's answer; a win needs both orders
             res = await asyncio.gather(
@@ -75,7 +69,19 @@ def eval_policy(
             )
             return [w for w, _, _ in res]
 
-        winners = run_sync(go)
+        return run_sync(go), eps[0].model if eps else DEFAULT_MODEL
+
+
+def eval_policy(
+    model: str, baseline: str, prompts_path: str, column: str = "prompt", limit: int | None = None,
+    judge_recipe: str | None = None, max_tokens: int = 128, port: int = 8766,
+) -> PolicyEval:  # fmt: skip
+    prompts = load_prompts(prompts_path, column=column, limit=limit).rows
+    recipe = load_recipe(judge_recipe) if judge_recipe else Recipe()
+    cfg = recipe.client
+    a = answers(ServedModel(model=model, port=port), prompts, max_tokens, cfg)
+    b = answers(ServedModel(model=baseline, port=port), prompts, max_tokens, cfg)
+    winners, judge_model = judge_ab(recipe, prompts, a, b)
     wins, losses = winners.count("x"), winners.count("y")
     ties = len(winners) - wins - losses
     n = len(winners)
@@ -83,5 +89,5 @@ def eval_policy(
     return PolicyEval(
         model=model, baseline=baseline, n=n, wins=wins, losses=losses, ties=ties, win_rate=rate,
         ci95=wilson(rate, n), mean_len_model=sum(map(len, a)) / max(n, 1),
-        mean_len_baseline=sum(map(len, b)) / max(n, 1), judge=eps[0].model if eps else DEFAULT_MODEL,
+        mean_len_baseline=sum(map(len, b)) / max(n, 1), judge=judge_model,
     )  # fmt: skip

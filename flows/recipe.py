@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from flows.engine.budget import BudgetSpec
+from flows.rounds.spec import RoundsSpec
 from judges.contract import JudgeConfig
 from judges.registry import AnyJudgeConfig
 from serving.config_files import describe_error, field_error, load_model
@@ -186,6 +187,7 @@ class Recipe(_Strict):
     train: TrainSpec | None = None
     budget: BudgetSpec | None = Field(default=None, description="stop this run at N tokens or USD")
     gate: GateSpec | None = None
+    rounds: RoundsSpec | None = Field(default=None, description="on-policy rounds for `rlaif iterate`")
     lints: LintSpec = Field(default_factory=LintSpec)
     decontaminate: list[str] = Field(
         default_factory=list, description="eval prompt files; overlapping prompts are dropped from outputs"
@@ -215,10 +217,24 @@ class Recipe(_Strict):
         ):
             raise field_error(("budget", "usd"), "a money budget needs `price:` on the policy or a judge "
                               "endpoint (USD per 1M tokens: {input, output}); or use `budget.tokens`")  # fmt: skip
+        if self.rounds is not None:
+            self._check_rounds(self.rounds)
         if self.train is not None and self.train.model is None and not self.policy.is_local:
             raise field_error(("train", "model"), "the policy is an external endpoint, so name the local "
                               "model folder to train (its weights are not on this machine)")  # fmt: skip
         return self
+
+    def _check_rounds(self, rounds: RoundsSpec) -> None:
+        if not self.policy.is_local and not rounds.reload_command:
+            raise field_error(("rounds", "reload_command"), "the policy is an external endpoint: round 2 "
+                              "must serve round 1's model there, so give the command that loads it "
+                              "({model} = the trained folder), or serve the policy locally")  # fmt: skip
+        if self.policy.is_local and rounds.port in {m.port for m in self.served() if m.is_local}:
+            raise field_error(("rounds", "port"), f"port {rounds.port} is taken by the policy or a judge; "
+                              "the trained policies need a port of their own")  # fmt: skip
+        if self.train is not None and self.train.method not in ("dpo", "sft"):
+            raise field_error(("train", "method"), f"rounds train a policy with dpo or sft, not "
+                              f"{self.train.method}")  # fmt: skip
 
     def judge_endpoint(self, spec: ServedModel | None) -> ServedModel:
         return spec or self.policy

@@ -13,7 +13,7 @@ from serving.errors import ConfigError
 
 def schedule(
     recipe_path: str, cron: str | None = None, interval: float | None = None, name: str | None = None,
-    limit: int | None = None,
+    limit: int | None = None, iterate: bool = False,
 ) -> None:  # fmt: skip
     """Blocks, serving the deployment: Prefect's scheduler creates runs, this process executes them."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -32,8 +32,15 @@ def schedule(
             raise ConfigError(f"--cron {cron!r} is not a valid cron string: {exc}") from None
     recipe = load_recipe(recipe_path)  # validate now, not at 2 a.m.
     params = {"recipe_path": str(Path(recipe_path).resolve()), "limit": limit, "dated": True}
-    pipeline_flow.serve(
+    target = pipeline_flow
+    if iterate:  # one round per scheduled run, continuing in the recipe's own folder
+        from flows.rounds.flow import iterate_flow
+
+        if limit:
+            raise ConfigError("--limit does not apply to --iterate (set prompts.limit in the recipe)")
+        target, params = iterate_flow, {"recipe_path": params["recipe_path"], "next_only": True}
+    target.serve(
         name=name or recipe.name, cron=cron, interval=interval, parameters=params,
         global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-        tags=["rlaif", recipe.name], description=f"rlaif pipeline for {recipe_path}",
+        tags=["rlaif", recipe.name], description=f"rlaif {'rounds' if iterate else 'pipeline'} for {recipe_path}",
     )  # fmt: skip

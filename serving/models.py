@@ -133,5 +133,24 @@ def model_identity(model: str | None) -> str:
     return f"{served_name(model)}@{h.hexdigest()[:12]}"
 
 
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 over a model folder's config.json and weight files, bytes and names (not its path): the
+    same trained model anywhere has the same hash. ~0.5 s for SmolLM2-135M; a round hashes each once."""
+    path = Path(folder).expanduser().resolve()
+    files = sorted(
+        f for f in path.iterdir() if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json")
+    )
+    if not any(f.suffix in WEIGHT_SUFFIXES for f in files) or not (path / "config.json").is_file():
+        raise ModelError(f"model folder {path} has no config.json or no weight files: is it a model folder?")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 if __name__ == "__main__":
     print(materialize_default_model())

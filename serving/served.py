@@ -42,6 +42,8 @@ class ServedModel(BaseModel):
     max_model_len: int = Field(default=2048, ge=128)
     trust_remote_code: bool = Field(default=False, description="let vLLM run the model repo's own code")
     price: Price | None = Field(default=None, description="USD per 1M tokens: {input, cached_input, output}")
+    served_as: str | None = Field(default=None, description="name the local server serves it under "
+                                  "(default: the folder's name)")  # fmt: skip
 
     @model_validator(mode="after")
     def _local_model_exists(self) -> ServedModel:
@@ -62,11 +64,15 @@ class ServedModel(BaseModel):
             return [
                 Endpoint(
                     base_url=f"http://127.0.0.1:{self.port}/v1",
-                    model=served_name(self.model),
+                    model=self.served_name(),
                     max_concurrency=self.max_concurrency,
                 )
             ]
         return list(self.endpoints)
 
     def display_name(self) -> str:
-        return served_name(self.model) if self.is_local else self.endpoint_list()[0].model
+        return self.served_name() if self.is_local else self.endpoint_list()[0].model
+
+    def served_name(self) -> str:
+        """The model name a local server answers to."""
+        return self.served_as or served_name(self.model)

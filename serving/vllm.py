@@ -74,8 +74,9 @@ class VllmServer:
         log_path: Path | None = None,
         startup_timeout: float = 600.0,
         extra_args: list[str] | None = None,
+        name: str | None = None,
     ) -> None:
-        self.model_name = served_name(model)
+        self.model_name = name or served_name(model)
         self.model = model
         self.port = port
         self.host = host

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 
 from flows.engine.manifest import write_manifest
 from flows.engine.shard import ShardPlan, run_shard
@@ -52,8 +53,13 @@ def test_critique_label_and_edit_one_principle(policy_endpoint, tmp_path):
     pairs = pq.read_table(first.cpairs_path).to_pylist()
     labels = [p for p in pairs if p["judge"] == "constitution:label"]
     assert len(labels) == first.critique["labels"] == 4  # ties too (margin 0): build applies keep_ties
-    ties = first.critique["labels"] - first.critique["labels_consistent"]  # A/B only: a tie = disagreement
-    assert sum(p["margin"] == 0 for p in labels) >= ties
+    ties = first.critique["labels"] - first.critique["labels_consistent"]  # the two orders disagree
+    for p in labels:
+        if p["p_chosen"] is None:  # letters only: a disagreement is a tie (margin 0)
+            assert p["margin"] in (0.0, 1.0)
+        else:  # soft label: the two orders' probabilities, averaged, decide even when the letters disagree
+            assert p["p_chosen"] >= 0.5 and p["margin"] == pytest.approx(2 * p["p_chosen"] - 1)
+    assert sum(p["p_chosen"] is None and p["margin"] == 0 for p in labels) <= ties
     kept = sum(p.get("pairs", 0) for p in per.values()) - (first.critique["labels"] - ties)
     assert sum(p["judge"] == "constitution:critique" for p in pairs) == kept
     for p in pairs:

@@ -35,7 +35,7 @@ def _run(coro_fn, endpoint: Endpoint):
 
 def test_ultrafeedback_structured_ratings_on_real_server(policy_endpoint):
     async def go(client):
-        judge = UltraFeedbackJudge(UltraFeedbackConfig(max_tokens=256), client)
+        judge = UltraFeedbackJudge(UltraFeedbackConfig(max_tokens=512), client)  # JSON for 3 answers
         return await asyncio.gather(*(judge.judge(pid, p, rs) for pid, (p, rs) in PROMPTS.items()))
 
     results, counters = _run(go, policy_endpoint)

@@ -52,6 +52,7 @@ def train(config: DPOTrainConfig) -> Path:
             "train_pairs": len(train_ds), "eval_pairs": len(eval_ds), "beta": config.beta,
             "preference_accuracy_before": before, "preference_accuracy_after": after,
             "eval_rewards_accuracy": eval_metrics.get("eval_rewards/accuracies"),
+            "eval_rewards_margin": eval_metrics.get("eval_rewards/margins"),
             "probe_split": "test_prefs" if len(eval_ds) else "train_prefs",
         })  # fmt: skip
     return Path(config.output)

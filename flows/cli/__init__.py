@@ -1,4 +1,4 @@
-"""The `rlaif` command line: serve, generate, run, judge-eval, constitution, train, eval-policy, schedule.
+"""The `rlaif` command line: serve, generate, run, iterate, judge-eval, constitution, train, eval-policy, schedule.
 
 Every error a user can cause prints one line (`rlaif: error: ...`) and exits with code 2; a failed
 judge gate exits 3, a reached budget 4 (both resumable).
@@ -12,14 +12,14 @@ import signal
 import sys
 import threading
 
-from flows.cli import constitution, judge, run, schedule, serve, train
+from flows.cli import constitution, iterate, judge, run, schedule, serve, train
 from flows.cli.run import closing_table, load_with_overrides
 from serving.errors import RlaifError
 
 __all__ = ["build_parser", "closing_table", "load_with_overrides", "main"]
 
 # One module per command group, in the order `rlaif --help` lists their commands.
-COMMAND_GROUPS = (serve, run, judge, constitution, train, schedule)
+COMMAND_GROUPS = (serve, run, iterate, judge, constitution, train, schedule)
 
 
 def _quiet_env() -> None:
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  rlaif run recipes/demo.yaml --limit 4 --out runs/try\n"
         "  rlaif constitution check constitutions/*.yaml\n"
         "  rlaif train dpo --dataset runs/demo --max-steps 50\n"
+        "  rlaif iterate recipes/iterate-demo.yaml --rounds 2   # on-policy rounds\n"
         "  rlaif schedule recipes/demo.yaml --cron '0 2 * * *'\n\n"
         "Errors print one line (`rlaif: error: ...`) and exit 2 (a failed judge gate: 3, a reached\n"
         "budget: 4); re-running a command resumes it.",

@@ -10,7 +10,7 @@ from flows.recipe import Recipe
 from judges.base import TEMPLATES
 from judges.registry import make_judge
 from serving.endpoint import Endpoint
-from serving.models import model_identity, served_name
+from serving.models import model_identity
 
 
 def templates_sha(*names: str) -> str:
@@ -32,7 +32,7 @@ def make_plan(
             for j, eps in zip(judges, judge_eps)]  # fmt: skip
     crit = recipe.critique if constitution_path else None
     served = recipe.served()
-    model_ids = {served_name(m.model): model_identity(m.model) for m in served if m.is_local}
+    model_ids = {m.served_name(): model_identity(m.model) for m in served if m.is_local}
     stages = ["generate", *(f"judge:{j.key}" for j in recipe.judges)] + (
         ["critique"] if recipe.critique else []
     )

@@ -1,0 +1,249 @@
+"""`rlaif iterate`: round k serves the policy round k-1 trained, generates on its own prompts, judges,
+builds and trains into `OUT/round-k/`, then measures the new policy against the base and the previous
+one on held-out prompts. A round with `round.json` is finished and never redone; an unfinished one
+resumes per request (each round is an ordinary resumable `rlaif run`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from flows.prompts import PromptRow, load_prompts
+from flows.recipe import Recipe, TrainSpec
+from flows.rounds.spec import RoundsSpec
+from flows.rounds.winrate import WinRate, policy_answers, win_rate
+from flows.shards import atomic_write_text, check_writable
+from serving.errors import ConfigError, ModelError, RlaifError
+from serving.models import resolve_model, weights_sha256
+from serving.served import ServedModel
+from serving.vllm import VllmServer
+
+
+class Policy(BaseModel):
+    """A policy of the iteration: where its weights are, their hash and the name it is served under."""
+
+    model: str
+    sha256: str
+    served_as: str
+    round: int  # 0: the recipe's own policy
+
+
+class RoundResult(BaseModel):
+    """OUT/round-k/round.json: written last, so its presence means the round is finished."""
+
+    round: int
+    parent: int | None = Field(description="the round whose model generated this round's data")
+    policy: Policy = Field(description="the model that generated this round's completions")
+    trained: Policy = Field(description="the model this round trained")
+    prompts: int
+    pairs: int
+    vs_base: WinRate
+    vs_previous: WinRate
+    mean_len: float = Field(description="mean answer length (characters) of `trained` on held-out prompts")
+    reward_margin: float | None = Field(default=None, description="DPO eval rewards/margins after training")
+    out_dir: str
+
+
+def round_dir(out: Path, k: int) -> Path:
+    return out / f"round-{k}"
+
+
+def finished_round(out: Path, k: int) -> RoundResult | None:
+    """Round k's result when it finished, after checking its model is still readable."""
+    path = round_dir(out, k) / "round.json"
+    if not path.is_file():
+        return None
+    res = RoundResult.model_validate_json(path.read_text())
+    try:
+        sha = weights_sha256(res.trained.model)
+    except (OSError, ModelError) as exc:
+        raise ConfigError(f"{path}: round {k}'s model {res.trained.model} cannot be read ({exc}); restore "
+                          f"it, or delete {round_dir(out, k)} to train round {k} again") from None  # fmt: skip
+    if sha != res.trained.sha256:
+        raise ConfigError(f"{path}: round {k}'s model {res.trained.model} changed since it was trained "
+                          f"(sha256 {sha[:12]} != {res.trained.sha256[:12]}); delete {round_dir(out, k)} "
+                          "to train it again")  # fmt: skip
+    return res
+
+
+def split_prompts(recipe: Recipe, rounds: RoundsSpec, count: int, recipe_dir: Path | None
+                  ) -> tuple[list[PromptRow], list[list[PromptRow]]]:  # fmt: skip
+    """(held-out eval prompts, prompts of each round): a seeded order of the pool, eval first, then
+    disjoint slices (or one slice for all rounds with `same_prompts`)."""
+    src = recipe.prompts
+    pool = load_prompts(src.path, src.column, src.id_column, src.split, src.limit, src.max_prompt_chars,
+                        recipe_dir).rows  # fmt: skip
+    pool.sort(key=lambda r: hashlib.sha256(f"{rounds.seed}:{r.prompt_id}".encode()).hexdigest())
+    held, rest = pool[: rounds.eval_prompts], pool[rounds.eval_prompts :]
+    slices = 1 if rounds.same_prompts else count
+    per = rounds.prompts_per_round or len(rest) // slices
+    if per < 1 or per * slices > len(rest):
+        raise ConfigError(f"rounds: {len(pool)} prompts from {src.path} cannot give {rounds.eval_prompts} "
+                          f"held-out prompts plus {slices} x {max(per, 1)} for the rounds; lower "
+                          "rounds.prompts_per_round / rounds.eval_prompts, or add prompts")  # fmt: skip
+    return held, [rest[(0 if rounds.same_prompts else k) * per :][:per] for k in range(count)]
+
+
+def write_prompts(path: Path, rows: list[PromptRow]) -> Path:
+    """A round's prompts as JSONL (ids kept), written once: the round's `rlaif run` reads them by path."""
+    text = "".join(json.dumps({"id": r.prompt_id, "messages": r.messages}) + "\n" for r in rows)
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path
+
+
+def base_policy(recipe: Recipe) -> Policy:
+    model = recipe.policy.model
+    local = recipe.policy.is_local
+    sha = weights_sha256(resolve_model(model)) if local else hashlib.sha256(model.encode()).hexdigest()
+    return Policy(model=model, sha256=sha, served_as=recipe.policy.display_name(), round=0)
+
+
+def served(recipe: Recipe, policy: Policy) -> ServedModel:
+    """How round k's generation reaches `policy`: the recipe's policy for round 0's model; a trained
+    model on the rounds' own local port, or the recipe's external endpoint after its reload command."""
+    if policy.round == 0 or not recipe.policy.is_local:
+        return recipe.policy
+    assert recipe.rounds is not None
+    return recipe.policy.model_copy(
+        update={
+            "model": policy.model,
+            "port": recipe.rounds.port,
+            "served_as": policy.served_as,
+            "price": None,
+        }
+    )
+
+
+def round_recipe(recipe: Recipe, k: int, policy: Policy, prompts: Path, out: Path) -> Recipe:
+    """Round k's recipe: its policy and prompts; judges and critique pinned to the recipe's judge
+    endpoints (a judge left to "the policy" must not become the model being trained)."""
+    judge_of = recipe.policy
+    judges = [j.model_copy(update={"judge": j.judge or judge_of}) for j in recipe.judges]
+    crit = recipe.critique
+    if crit is not None:
+        crit = crit.model_copy(update={"judge": crit.judge or judge_of})
+    train = recipe.train or TrainSpec(method="dpo")
+    train_model = policy.model if policy.round else (train.model or recipe.policy.model)
+    prompt_src = recipe.prompts.model_copy(update={"path": str(prompts), "column": "messages",
+                                                   "id_column": "id", "limit": None, "split": "train"})  # fmt: skip
+    return recipe.model_copy(update={
+        "name": f"{recipe.name}-round-{k}", "policy": served(recipe, policy), "prompts": prompt_src,
+        "judges": judges, "critique": crit, "train": train.model_copy(update={"model": train_model}),
+        "output": str(out), "gate": recipe.gate if k == 1 else None, "rounds": None,
+    })  # fmt: skip
+
+
+def reload_external(rounds: RoundsSpec, policy: Policy) -> None:
+    """Run the recipe's reload command so the external endpoint serves `policy` (one line on failure)."""
+    assert rounds.reload_command is not None
+    cmd = rounds.reload_command.format(model=shlex.quote(policy.model), name=shlex.quote(policy.served_as))
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True)  # the user's own command
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RlaifError(f"rounds.reload_command exited {proc.returncode}: {tail[0][:200]}")
+
+
+def trained_policy(res_train: dict, k: int) -> Policy:
+    path = str(Path(res_train["output"]).resolve())
+    sha = weights_sha256(path)
+    return Policy(model=path, sha256=sha, served_as=f"round-{k}@{sha[:12]}", round=k)
+
+
+class PolicyServer:
+    """The one local server of the rounds' trained policies (`rounds.port`): switched from one policy to
+    the next, so each trained policy is started once, for its evaluation, and left up for the next
+    round's generation (which reuses it); an external policy gets the reload command instead."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.current: VllmServer | None = None
+
+    def serve(self, policy: Policy) -> None:
+        rounds = self.recipe.rounds or RoundsSpec()
+        if policy.round == 0:
+            return
+        if not self.recipe.policy.is_local:
+            reload_external(rounds, policy)
+            return
+        if self.current is not None and self.current.model_name == policy.served_as:
+            return
+        self.stop()
+        spec = served(self.recipe, policy)
+        self.current = VllmServer(policy.model, port=spec.port, name=policy.served_as,
+                                  max_model_len=spec.max_model_len).start()  # fmt: skip
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
+def iterate(recipe: Recipe, out: Path, count: int | None = None, recipe_dir: Path | None = None,
+            next_only: bool = False, no_gate: bool = False) -> list[RoundResult]:  # fmt: skip
+    """Run rounds 1..count (finished ones are read back); `next_only`: at most one new round (a
+    scheduled deployment runs one round per night)."""
+    from flows.endpoints import live_endpoints
+    from flows.pipeline import run_pipeline
+    from flows.rounds.report import append_card, write_report
+
+    rounds = recipe.rounds or RoundsSpec()
+    recipe = recipe.model_copy(update={"rounds": rounds})
+    count = count or rounds.count
+    check_writable(out)
+    done: list[RoundResult] = []
+    for k in range(1, count + 1):  # every finished round is checked before any request
+        res = finished_round(out, k)
+        if res is None:
+            break
+        done.append(res)
+    if len(done) == count:
+        write_report(out, done)
+        return done
+    held, slices = split_prompts(recipe, rounds, count, recipe_dir)
+    write_prompts(out / "eval-prompts.jsonl", held)
+    base = base_policy(recipe)
+    policies = PolicyServer(recipe)
+    # the recipe's own servers (policy = base, judges) stay up for every round and every evaluation
+    with ExitStack() as stack, live_endpoints(*recipe.served()):
+        stack.callback(policies.stop)
+        policy = done[-1].trained if done else base
+        for k in range(len(done) + 1, count + 1):
+            rdir = round_dir(out, k)
+            prompts = write_prompts(rdir / "prompts.jsonl", slices[k - 1])
+            if not recipe.policy.is_local:
+                policies.serve(policy)  # its reload command (a local one: the run starts or reuses it)
+            summary = run_pipeline(round_recipe(recipe, k, policy, prompts, rdir), rdir, recipe_dir,
+                                   no_gate=no_gate)  # fmt: skip
+            if not summary.train:
+                raise RlaifError(f"round {k}: the run trained no model ({rdir}); see its summary.json")
+            trained = trained_policy(summary.train, k)
+            answers = {}
+            for p in (base, policy, trained):  # the policy being served is answered before switching
+                if p.sha256 not in answers:
+                    answers[p.sha256] = policy_answers(served(recipe, p), p, held, rounds.eval_max_tokens,
+                                                       out / "eval", recipe.client, policies.serve)  # fmt: skip
+            vs_base = win_rate(recipe, held, answers[trained.sha256], answers[base.sha256])
+            vs_prev = win_rate(recipe, held, answers[trained.sha256], answers[policy.sha256])
+            pairs = summary.build.pairs if summary.build else {}
+            res = RoundResult(
+                round=k, parent=k - 1 if k > 1 else None, policy=policy, trained=trained,
+                prompts=len(slices[k - 1]), pairs=pairs.get("train_prefs", 0) + pairs.get("test_prefs", 0),
+                vs_base=vs_base, vs_previous=vs_prev,
+                mean_len=sum(map(len, answers[trained.sha256])) / max(1, len(held)),
+                reward_margin=summary.train.get("eval_rewards_margin"), out_dir=str(rdir),
+            )  # fmt: skip
+            append_card(rdir, res)
+            atomic_write_text(rdir / "round.json", res.model_dump_json(indent=2) + "\n")
+            done.append(res)
+            policy = trained
+            if next_only:
+                break
+    write_report(out, done)
+    return done
