@@ -44,10 +44,12 @@ critique: {{constitution: {ROOT / "constitutions" / "harmless.yaml"}, mode: crit
 """
 
 
-async def raw(ep: Endpoint, prompts: list, n: int) -> tuple[float, int]:
+async def raw(ep: Endpoint, prompts: list, n: int) -> tuple[float, int, int, int]:
     """Stage by stage with barriers, as a script over the OpenAI API would do it."""
     client = LLMClient([ep], ClientConfig())
-    sampling = Sampling(n=n, max_tokens=96, temperature=0.8, seed=0)
+    # seed 1 (rlaif's run uses 0): other completions, so the raw client's judge and critique prompts
+    # are not already in the server's prefix cache from rlaif's run (only the short generation prompts are)
+    sampling = Sampling(n=n, max_tokens=96, temperature=0.8, seed=1)
     judges = [make_judge(parse_judge_config({"type": "ultrafeedback", "max_tokens": 512}), client),
               make_judge(parse_judge_config({"type": "pairwise", "max_tokens": 64}), client)]  # fmt: skip
     critic = PromptCritic(CritiqueSpec(constitution="harmless", max_tokens=96),
@@ -59,9 +61,9 @@ async def raw(ep: Endpoint, prompts: list, n: int) -> tuple[float, int]:
                            for p, comps in ok for j in judges))  # fmt: skip
     await asyncio.gather(*(critic.run(p, comps) for p, comps in ok))
     span = time.monotonic() - t0
-    requests = client.counters.requests
+    c = client.counters
     await client.aclose()
-    return span, requests
+    return span, c.requests, c.prompt_tokens - c.cached_prompt_tokens, c.completion_tokens
 
 
 def main() -> None:
@@ -85,12 +87,21 @@ def main() -> None:
         subprocess.run(
             env_cmd, check=True, cwd=ROOT, env={"RLAIF_PROGRESS": "0", **dict(__import__("os").environ)}
         )
-        eng = json.loads((out / "summary.json").read_text())["engine"]
-        raw_span, raw_requests = asyncio.run(raw(ep, prompts, args.n))
+        summary = json.loads((out / "summary.json").read_text())
+        eng = summary["engine"]
+        usage = summary["usage"].values()
+        run_new = sum(u["new_prompt_tokens"] - u["new_cached_prompt_tokens"] for u in usage)
+        run_out = sum(u["new_completion_tokens"] for u in usage)
+        raw_span, raw_requests, raw_new, raw_out = asyncio.run(raw(ep, prompts, args.n))
     print(f"rlaif run: {eng['requests']} requests, request span {eng['engine_s']:.1f}s "
           f"(first judged record after {eng['first_judged_s']:.1f}s)")  # fmt: skip
     print(f"raw client, stage by stage at concurrency {CONC}: {raw_requests} requests in {raw_span:.1f}s")
+    print(
+        f"tokens the server computed: rlaif {run_new:,} uncached prompt + {run_out:,} completion; "
+        f"raw {raw_new:,} + {raw_out:,}"
+    )  # the two runs sample different completions (seeds 0 and 1)
     print(f"run/raw ratio: {eng['engine_s'] / raw_span:.3f}")
+    print(f"run/raw ratio per completion token: {(eng['engine_s'] / run_out) / (raw_span / raw_out):.3f}")
 
 
 if __name__ == "__main__":

@@ -137,3 +137,20 @@ def test_bad_rounds_setup_is_refused_when_the_recipe_is_read(tmp_path, capsys, e
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and field in err and str(recipe) in err
     assert not (tmp_path / "out").exists()
+
+
+def test_scheduled_flow_runs_the_next_round_only(two_rounds, tmp_path):
+    """What `rlaif schedule --iterate` serves: a Prefect flow doing at most one new round per run."""
+    from flows.rounds.flow import iterate_flow
+
+    code, tmp, out = two_rounds
+    assert code == 0
+    res = iterate_flow(recipe_path=str(tmp / "rounds.yaml"), out=str(out))  # both rounds finished: no work
+    assert res == {"out_dir": str(out), "rounds_finished": 2}
+    broken = tmp_path / "out"
+    (broken / "round-1").mkdir(parents=True)
+    r1 = json.loads((out / "round-1" / "round.json").read_text())
+    r1["trained"]["sha256"] = "0" * 64  # a model changed since its round finished: refused, one line
+    (broken / "round-1" / "round.json").write_text(json.dumps(r1))
+    with pytest.raises(Exception, match="changed since it was trained"):
+        iterate_flow(recipe_path=str(tmp / "rounds.yaml"), out=str(broken))
