@@ -60,3 +60,13 @@ def test_missing_split_is_named(tmp_path):
     datasets.DatasetDict({"test": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "d"))
     with pytest.raises(DataError, match="no split 'train'"):
         load_prompts(str(tmp_path / "d"))
+
+
+def test_sample_seed_takes_any_prompt_id():
+    """Bug B: ids from a prompt file's `id_column` need not be hex (the seed once parsed id[:8] as hex)."""
+    from flows.engine.stages import sample_seed
+
+    seeds = {(pid, i): sample_seed(0, pid, i) for pid in ("q-17", "xyz", "Ünïcode id", "0") for i in (0, 1)}
+    assert all(isinstance(s, int) and 0 <= s < 2**31 - 1 for s in seeds.values())
+    assert len(set(seeds.values())) == len(seeds)  # per prompt and per sample
+    assert sample_seed(0, "q-17", 1) == seeds[("q-17", 1)] and sample_seed(None, "q-17", 0) is None
