@@ -4,20 +4,21 @@ evaluate), each in OUT/round-k/; re-running resumes at the round and stage it st
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def cmd_iterate(args: argparse.Namespace) -> int:
     from flows.cli.run import load_with_overrides
+    from flows.rounds.flow import iterate_flow
     from flows.rounds.report import rounds_table
-    from flows.rounds.run import iterate
+    from flows.rounds.run import RoundResult
     from serving.errors import RlaifError
 
-    recipe, out = load_with_overrides(args)
+    recipe, out = load_with_overrides(args)  # a bad recipe fails here, before Prefect starts
     if args.rounds is not None and args.rounds < 1:
         raise RlaifError(f"--rounds must be >= 1, got {args.rounds}")
-    done = iterate(recipe, out, count=args.rounds, recipe_dir=Path(args.recipe).parent,
-                   next_only=args.next, no_gate=args.no_gate)  # fmt: skip
+    res = iterate_flow(recipe_path=args.recipe, out=str(out), count=args.rounds, limit=args.limit,
+                       next_only=args.next, no_gate=args.no_gate)  # fmt: skip
+    done = [RoundResult.model_validate(r) for r in res["rounds"]]
     print(rounds_table(done))
     print(f"rounds: {len(done)} finished -> {out} (rounds.json, report/rounds.png, round-k/)")
     return 0

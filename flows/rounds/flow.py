@@ -1,5 +1,5 @@
-"""The Prefect flow a scheduled `rlaif schedule RECIPE --iterate` deployment runs: the next unfinished
-round of the recipe's rounds (one per scheduled run), in the recipe's own output folder."""
+"""The Prefect flow of `rlaif iterate` (and of a `rlaif schedule RECIPE --iterate` deployment, which runs
+the next unfinished round per scheduled run): each round's pipeline is a sub-flow run of it."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ from pathlib import Path
 from prefect import flow
 
 
-@flow(name="rlaif-iterate", log_prints=True)
-def iterate_flow(recipe_path: str, out: str | None = None, next_only: bool = True) -> dict:
-    """Entry point for deployments; each round's pipeline is a sub-flow run of this one."""
+@flow(name="rlaif-iterate")
+def iterate_flow(
+    recipe_path: str, out: str | None = None, count: int | None = None, limit: int | None = None,
+    next_only: bool = True, no_gate: bool = False,
+) -> dict:  # fmt: skip
+    """Rounds 1..count of the recipe (finished ones read back); paths and numbers in, never rows."""
     from flows.recipe import load_recipe
-    from flows.rounds.report import rounds_table
     from flows.rounds.run import iterate
 
     recipe = load_recipe(recipe_path)
+    if limit:
+        recipe.prompts.limit = limit
     out_dir = Path(out) if out else recipe.output_dir()
-    done = iterate(recipe, out_dir, recipe_dir=Path(recipe_path).parent, next_only=next_only)
-    print(rounds_table(done))
-    return {"out_dir": str(out_dir), "rounds_finished": len(done)}
+    done = iterate(recipe, out_dir, count=count, recipe_dir=Path(recipe_path).parent, next_only=next_only,
+                   no_gate=no_gate)  # fmt: skip
+    return {"out_dir": str(out_dir), "rounds_finished": len(done), "rounds": [r.model_dump() for r in done]}
