@@ -5,38 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import pytest
 
+import tests.length_judge  # noqa: F401 - registers the `chars` judge
 from flows.cli import main
-from judges.contract import Judge, JudgeConfig, Judgement
-from judges.registry import register
 from serving.price import Price
 from tests.helpers import journal_records, write_jsonl
 from tests.stubs import FaultProxy
 
 PROMPTS = [{"prompt": "Name a fruit that is yellow."}, {"prompt": "What is 3 times 4?"},
            {"prompt": "Give a one-line tip for sleeping well."}, {"prompt": "Say hello in French."}]  # fmt: skip
-
-
-class LongerConfig(JudgeConfig):
-    type: Literal["longer"] = "longer"
-
-
-@register
-class LongerJudge(Judge):
-    """Scores an answer by its length: a judge whose gold-pair accuracy is known by construction."""
-
-    type = "longer"
-    config_class = LongerConfig
-    uses_endpoint = False
-
-    def requests_per_prompt(self, n: int) -> int:
-        return 0
-
-    async def judge(self, prompt_id, prompt, responses, messages=None) -> Judgement:  # noqa: ANN001
-        return Judgement(scores=[float(len(r)) for r in responses])
 
 
 def gold(tmp_path: Path, longer_is_better: bool) -> Path:
@@ -56,7 +35,7 @@ prompts: {{path: {data}}}
 policy:
   endpoints: [{{base_url: {base_url}, model: {model}}}]
 sampling: {{n: 2, max_tokens: 12}}
-judges: [{{type: longer}}]
+judges: [{{type: chars}}]
 gate: {{pairs: {pairs}, min_accuracy: 0.9}}
 binarize: {{test_fraction: 0.0}}
 """)

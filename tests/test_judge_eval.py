@@ -9,15 +9,14 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import pytest
 
+import tests.length_judge  # noqa: F401 - registers the `chars` judge
 from flows.cli import main
 from flows.judge_eval import JudgeEval, LabelledPair, bootstrap_ci, evaluate, load_pairs
 from judges.constitutional import ConstitutionLabelConfig, ConstitutionLabelJudge
 from judges.contract import Judge, JudgeConfig, Judgement, Preference
-from judges.registry import register
 from serving.errors import DataError
 from tests.helpers import write_jsonl
 from tests.stubs import StubServer
@@ -195,38 +194,19 @@ def test_pairs_file_tie_and_category_are_checked(tmp_path):
         load_pairs(f)
 
 
-class EvalLengthConfig(JudgeConfig):
-    type: Literal["eval_length"] = "eval_length"
-
-
-@register
-class EvalLengthJudge(Judge):
-    """Registered for the CLI test: the longer answer scores higher; local."""
-
-    type = "eval_length"
-    config_class = EvalLengthConfig
-    uses_endpoint = False
-
-    def requests_per_prompt(self, n: int) -> int:
-        return 0
-
-    async def judge(self, prompt_id, prompt, responses, messages=None) -> Judgement:  # noqa: ANN001
-        return Judgement(scores=[float(len(r)) for r in responses])
-
-
 def test_cli_prints_a_table_and_writes_the_figures(tmp_path, capsys):
     out = tmp_path / "eval" / "figures.json"
-    assert main(["judge-eval", "--pairs", str(GOLD), "--judge", "eval_length", "--json", str(out)]) == 0
+    assert main(["judge-eval", "--pairs", str(GOLD), "--judge", "chars", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "accuracy [95% ci]" in table and "margin" in table and "brier" in table
     assert re.search(r"^all\s+24\s+0\.48 \[", table, re.M) and re.search(r"^safety\s+6 ", table, re.M)
     figures = json.loads(out.read_text())
-    assert figures["judge"] == "eval_length" and figures["n"] == 24
+    assert figures["judge"] == "chars" and figures["n"] == 24
     assert figures["accuracy"] == figures["length_baseline"] and figures["margin_over_length"] == 0.0
     assert set(figures["categories"]["math"]) >= {"n", "accuracy", "ci_low", "ci_high", "consistency",
                                                   "p_first", "length_baseline"}  # fmt: skip
     assert not list(out.parent.glob(".*.tmp"))  # written atomically
-    args = ["judge-eval", "--pairs", str(GOLD), "--judge", "eval_length", "--limit", "4", "--json", "-"]
+    args = ["judge-eval", "--pairs", str(GOLD), "--judge", "chars", "--limit", "4", "--json", "-"]
     assert main(args) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()  # one JSON line, no table
     assert json.loads(line)["n"] == 4
@@ -236,7 +216,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["judge-eval", "--pairs", str(GOLD), "--judge", "nope"]) == 2
     assert "--judge nope: unknown judge type 'nope'" in capsys.readouterr().err
     c = tmp_path / "c.yaml"
-    assert main(["judge-eval", "--pairs", str(GOLD), "--judge", "eval_length", "--constitution", str(c)]) == 2
+    assert main(["judge-eval", "--pairs", str(GOLD), "--judge", "chars", "--constitution", str(c)]) == 2
     assert "--constitution is for --judge constitution" in capsys.readouterr().err
 
 

@@ -5,37 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import pytest
 from datasets import load_from_disk
 
+import tests.length_judge  # noqa: F401 - registers the `chars` judge
 from flows.cli import main
-from judges.contract import Judge, JudgeConfig, Judgement
-from judges.registry import register
 from serving.models import weights_sha256
 from tests.helpers import journal_records, write_jsonl
 
 ROUNDS_PORT = 8767
-
-
-class ShortConfig(JudgeConfig):
-    type: Literal["shorter"] = "shorter"
-
-
-@register
-class ShorterJudge(Judge):
-    """Prefers the shorter answer: scored locally, so the rounds test spends its time on vLLM and TRL."""
-
-    type = "shorter"
-    config_class = ShortConfig
-    uses_endpoint = False
-
-    def requests_per_prompt(self, n: int) -> int:
-        return 0
-
-    async def judge(self, prompt_id, prompt, responses, messages=None) -> Judgement:  # noqa: ANN001
-        return Judgement(scores=[-float(len(r)) for r in responses])
 
 
 def rounds_recipe(tmp: Path, port: int, extra: str = "") -> Path:
@@ -46,7 +25,7 @@ def rounds_recipe(tmp: Path, port: int, extra: str = "") -> Path:
 prompts: {{path: {prompts}}}
 policy: {{port: {port}}}
 sampling: {{n: 2, max_tokens: 12, temperature: 1.0}}
-judges: [{{type: shorter}}]
+judges: [{{type: chars, per_char: -1.0}}]  # the shorter answer wins; scored locally
 binarize: {{rule: best-vs-worst, test_fraction: 0.0}}
 lints: {{allow_truncated_chosen: true}}
 train: {{method: dpo, max_steps: 1, batch_size: 2, max_length: 64}}

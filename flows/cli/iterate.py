@@ -13,7 +13,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     from flows.rounds.run import RoundResult
     from serving.errors import RlaifError
 
-    recipe, out = load_with_overrides(args)  # a bad recipe fails here, before Prefect starts
+    _, out = load_with_overrides(args)  # a bad recipe fails here, before Prefect starts
     if args.rounds is not None and args.rounds < 1:
         raise RlaifError(f"--rounds must be >= 1, got {args.rounds}")
     res = iterate_flow(recipe_path=args.recipe, out=str(out), count=args.rounds, limit=args.limit,

@@ -1,0 +1,27 @@
+"""A registered judge type for tests: score = characters x `per_char` (negative prefers the shorter
+answer). Scored locally, so its accuracy on labelled pairs is known by construction."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from judges.contract import Judge, JudgeConfig, Judgement
+from judges.registry import register
+
+
+class CharsConfig(JudgeConfig):
+    type: Literal["chars"] = "chars"
+    per_char: float = 1.0
+
+
+@register
+class CharsJudge(Judge):
+    type = "chars"
+    config_class = CharsConfig
+    uses_endpoint = False
+
+    def requests_per_prompt(self, n: int) -> int:
+        return 0
+
+    async def judge(self, prompt_id, prompt, responses, messages=None) -> Judgement:  # noqa: ANN001
+        return Judgement(scores=[len(r) * self.config.per_char for r in responses])
