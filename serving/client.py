@@ -11,9 +11,10 @@ than `openai.AsyncOpenAI`, which is built on httpx), measured by `bench/client_s
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import random
 import time
-from collections import deque
 from typing import Any, TypeVar
 
 import aiohttp
@@ -63,7 +64,7 @@ class LLMClient:
     """Chat completions over several endpoints. Create it inside the event loop that uses it.
 
     A request takes a slot when one is free, on the least-loaded endpoint that is not resting;
-    callers beyond the total concurrency wait in arrival order.
+    callers beyond the total concurrency wait by `priority` (lower first), then in arrival order.
     """
 
     def __init__(self, endpoints: list[Endpoint], config: ClientConfig | None = None) -> None:
@@ -74,7 +75,8 @@ class LLMClient:
         self.counters = Counters()
         self._busy = 0
         self._busy_since = 0.0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: list[list[Any]] = []  # [priority, arrival, future], kept sorted
+        self._arrivals = itertools.count()
         self._limit = sum(e.max_concurrency for e in endpoints) + 8
         self._http: aiohttp.ClientSession | None = None  # created in the running loop, on first use
 
@@ -108,39 +110,41 @@ class LLMClient:
                 best, best_load = s, load
         return best
 
-    async def _acquire(self) -> _EndpointState:
+    async def _acquire(self, priority: int) -> _EndpointState:
         if not self._waiters:
             state = self._pick()
             if state is not None:
                 state.in_flight += 1
                 return state
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(fut)
+        entry: list[Any] = [priority, next(self._arrivals), loop.create_future()]
+        bisect.insort(self._waiters, entry)  # (priority, arrival) is unique: futures are never compared
         try:
             while True:
-                await fut
+                await entry[2]
                 state = self._pick()
                 if state is not None:
-                    self._waiters.remove(fut)
+                    self._remove(entry)
                     state.in_flight += 1
                     self._wake()  # more than one slot may have come free
                     return state
-                fresh: asyncio.Future[None] = loop.create_future()  # keep our place in the queue
-                self._waiters[self._waiters.index(fut)] = fresh
-                fut = fresh
+                entry[2] = loop.create_future()  # keep our place in the queue
         except BaseException:
-            if fut in self._waiters:
-                self._waiters.remove(fut)
+            self._remove(entry)
             self._wake()  # a wake-up meant for us goes to the next caller
             raise
+
+    def _remove(self, entry: list[Any]) -> None:
+        i = bisect.bisect_left(self._waiters, entry)
+        if i < len(self._waiters) and self._waiters[i] is entry:
+            del self._waiters[i]
 
     def _release(self, state: _EndpointState) -> None:
         state.in_flight -= 1
         self._wake()
 
     def _wake(self) -> None:
-        for fut in self._waiters:
+        for _, _, fut in self._waiters:
             if not fut.done():
                 if self._pick() is not None:
                     fut.set_result(None)
@@ -178,8 +182,10 @@ class LLMClient:
         logprobs: bool = False,
         top_logprobs: int | None = None,
         extra_body: dict[str, Any] | None = None,
+        priority: int = 0,
     ) -> ChatResult:
-        """One chat completion request (with `n` samples), retried on transient failures."""
+        """One chat completion request (with `n` samples), retried on transient failures. `priority`
+        orders it among requests waiting for a slot (lower first); it is not sent."""
         body: dict[str, Any] = {"messages": messages, "n": n}
         for key, value in (
             ("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
@@ -197,7 +203,7 @@ class LLMClient:
         try:
             for attempt in range(self.config.max_retries + 1):
                 session = self._session()
-                state = await self._acquire()
+                state = await self._acquire(priority)
                 try:
                     ep, url = state.endpoint, state.url
                     key = ep.api_key()

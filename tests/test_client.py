@@ -114,3 +114,26 @@ def test_api_key_comes_from_env_and_never_from_config(monkeypatch):
     monkeypatch.delenv("RLAIF_TEST_KEY")
     with pytest.raises(EndpointError, match="RLAIF_TEST_KEY is not set"):
         ep.api_key()
+
+
+def test_waiting_requests_start_by_priority_then_arrival():
+    """With one slot, a later request of a lower priority number overtakes earlier waiting ones."""
+    with status_burst(200, 0, "ok") as stub:
+
+        async def go():
+            client = LLMClient([Endpoint(base_url=stub.base_url, model="stub", max_concurrency=1)], FAST)
+
+            async def send(text: str, priority: int) -> None:
+                await client.chat([{"role": "user", "content": text}], priority=priority)
+
+            tasks = [asyncio.create_task(send("first", 5))]
+            await asyncio.sleep(0)  # "first" holds the only slot; the rest queue behind it
+            tasks += [asyncio.create_task(send(f"low{i}", 5)) for i in range(3)]
+            tasks += [asyncio.create_task(send("high", 0))]
+            await asyncio.gather(*tasks)
+            await client.aclose()
+
+        asyncio.run(go())
+    order = [c["messages"][0]["content"] for c in stub.calls]
+    assert order == ["first", "high", "low0", "low1", "low2"]
+    assert all("priority" not in c for c in stub.calls)  # client-side only: never sent

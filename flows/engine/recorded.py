@@ -71,8 +71,9 @@ class RecordingClient:
     """`chat` over an `LLMClient`, journalled per request under one stage name."""
 
     def __init__(self, client: LLMClient, journal: Journal, stage: str, model: str, stats: StageStats,
-                 on_answer: Any = None, meter: Meter | None = None) -> None:  # fmt: skip
+                 on_answer: Any = None, meter: Meter | None = None, priority: int = 0) -> None:  # fmt: skip
         self.client = client
+        self.priority = priority  # the slot-queue order of this stage's requests (not part of the key)
         self.meter = meter
         self.journal = journal
         self.stage = stage
@@ -87,7 +88,7 @@ class RecordingClient:
         if rec is None:
             held = self.meter.hold(messages, params) if self.meter is not None else (0, 0.0)
             try:
-                res = await self.client.chat(messages, **params)
+                res = await self.client.chat(messages, priority=self.priority, **params)
             except BaseException as exc:
                 if self.meter is not None:
                     self.meter.charge(held, None)

@@ -82,6 +82,18 @@ class ShardPlan(BaseModel):
         conc = sum(e.max_concurrency for e in self.policy_endpoints) * self.concurrency_share
         return max(8, int(2 * conc / max(1, self.sampling.n)) + 4)
 
+    def chain_tokens(self) -> dict[str, int]:
+        """Per stage, the token budget of the longest chain of requests a request of it heads (itself
+        included). Waiting requests start longest chain first: generation (which the judges and
+        critique of its prompt wait for), then critique -> revision, then judges by max_tokens; so a
+        run ends on short requests instead of a late generation -> critique -> revision chain."""
+        chains = {f"judge:{j.spec.key}": int(getattr(j.spec, "max_tokens", 0) or 0) for j in self.judges}
+        if self.critique is not None and self.constitution_path:
+            steps = 2 if self.critique.mode != "label" else 0  # critique then revision
+            chains["critique"] = steps * self.critique.max_tokens + 1
+        chains["generate"] = self.sampling.max_tokens + max(chains.values(), default=0)
+        return chains
+
     def primary_judge(self) -> str | None:
         """The judge whose per-aspect annotations fill the UltraFeedback columns (the first that has any)."""
         return next((j.spec.key for j in self.judges if make_judge(j.spec).aspects()), None)
@@ -143,6 +155,7 @@ def _constitution(plan: ShardPlan) -> Any:
 async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: dict[str, StageStats],
                   clients: dict[str, Any]) -> list:  # fmt: skip
     spend = spend_for(plan.out_dir)
+    chains = plan.chain_tokens()
 
     def rec(stage: str, model: str) -> RecordingClient | None:
         stats[stage] = StageStats()
@@ -156,6 +169,7 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
             stats[stage],
             lambda: progress.advance("requests"),
             Meter(spend, plan.budget, plan.prices.get(stage), plan.concurrency_share),
+            -chains.get(stage, 0),
         )
 
     gen = rec("generate", plan.policy_model)
