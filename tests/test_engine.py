@@ -89,3 +89,32 @@ def test_recorded_client_replays_and_journals_only_permanent_rejections(tmp_path
         with Journal(tmp_path / "c.jsonl") as j:
             asyncio.run(RecordingClient(bad_key, j, "generate", "m", StageStats()).chat(msgs))
     assert (tmp_path / "c.jsonl").read_text() == ""
+
+
+def test_stage_priorities_put_long_chains_first_and_stay_out_of_the_journal_key(tmp_path):
+    from flows.engine.shard import JudgeRun, ShardPlan
+    from flows.recipe import CritiqueSpec, Sampling
+    from judges.registry import parse_judge_config
+
+    judges = [JudgeRun(spec=parse_judge_config(c), endpoints=[], template_sha="t")
+              for c in ({"type": "pairwise", "max_tokens": 64}, {"type": "ultrafeedback", "max_tokens": 512})]  # fmt: skip
+    plan = ShardPlan(out_dir=str(tmp_path), policy_model="m", policy_endpoints=[], judges=judges,
+                     sampling=Sampling(max_tokens=96), critique=CritiqueSpec(constitution="c.yaml", max_tokens=96),
+                     constitution_path="c.yaml")  # fmt: skip
+    chains = plan.chain_tokens()
+    order = sorted(chains, key=lambda s: -chains[s])
+    assert order[0] == "generate" and order[-1] == f"judge:{judges[0].spec.key}"  # pairwise: shortest
+    assert chains["critique"] > chains[f"judge:{judges[0].spec.key}"]  # critique -> revision is a chain
+
+    class Seen(_Inner):
+        async def chat(self, messages, **params):  # noqa: ANN001, ANN003, ANN201
+            self.priority = params.pop("priority")
+            return await super().chat(messages, **params)
+
+    msgs = [{"role": "user", "content": "x"}]
+    inner = Seen()
+    with Journal(tmp_path / "j.jsonl") as j:
+        asyncio.run(RecordingClient(inner, j, "generate", "m", StageStats(), priority=-7).chat(msgs))
+        stats = StageStats()
+        asyncio.run(RecordingClient(inner, j, "generate", "m", stats, priority=3).chat(msgs))
+    assert inner.priority == -7 and inner.calls == 1 and stats.replayed == 1  # same key whatever the priority
