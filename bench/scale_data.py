@@ -73,14 +73,15 @@ def _one(i: int, seed: int, salt: int, sents: list[str], words: list[str]) -> st
 
 
 def synthetic_prompts(n: int, seed: int = 0) -> Iterator[str]:
-    """`n` unique prompts of realistic length, the same for the same (n, seed)."""
+    """`n` prompts of realistic length, unique after rlaif's normalisation (whitespace collapsed,
+    as `prompt_id_for` does), the same for the same (n, seed)."""
     sents, words = _sentences(seed)
     seen: set[bytes] = set()
     for i in range(n):
         salt = 0
         while True:
             text = _one(i, seed, salt, sents, words)
-            digest = hashlib.sha1(text.encode()).digest()
+            digest = hashlib.sha1(" ".join(text.split()).encode()).digest()
             if digest not in seen:
                 seen.add(digest)
                 break

@@ -107,14 +107,19 @@ def always_answers(text: str) -> StubServer:
 
 class FaultProxy:
     """Forwards to a real server and injects what the real server cannot do on demand: going away
-    (`stop()`/`start()` on the same port), 429 storms and garbage answers (`fault(call_no)`)."""
+    (`stop()`/`start()` on the same port), 429 storms and garbage answers (`fault(call_no)`).
+    With `memo=True` it answers a request body it has already forwarded with the recorded answer
+    (`memo_hits` counts them), so two runs can be compared without the server's batch-dependent
+    numerics: the real model answered every request once."""
 
     def __init__(self, target_base_url: str, fault: Callable[[dict[str, Any], int], Reply | None] | None = None,
-                 port: int = 0) -> None:  # fmt: skip
+                 port: int = 0, memo: bool = False) -> None:  # fmt: skip
         import httpx
 
         self.target = target_base_url.rstrip("/")
         self.fault = fault
+        self.memo: dict[str, tuple[int, bytes]] | None = {} if memo else None
+        self.memo_hits = 0
         self.calls = 0
         self.forwarded = 0
         self.port = port
@@ -150,6 +155,12 @@ class FaultProxy:
                 if injected is not None:
                     self._send(*injected)
                     return
+                key = json.dumps(req, sort_keys=True)
+                if proxy.memo is not None and key in proxy.memo:
+                    with proxy._lock:
+                        proxy.memo_hits += 1
+                    self._send(*proxy.memo[key], {})
+                    return
                 try:
                     r = proxy._http.post(proxy.target + self.path.removeprefix("/v1"), content=body,
                                          headers={"Content-Type": "application/json"})  # fmt: skip
@@ -158,6 +169,8 @@ class FaultProxy:
                     return
                 with proxy._lock:
                     proxy.forwarded += 1
+                    if proxy.memo is not None and r.status_code == 200:
+                        proxy.memo[key] = (r.status_code, r.content)
                 self._send(r.status_code, r.content, {})
 
         return Handler

@@ -19,20 +19,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dask_runner_gives_the_same_datasets(vllm_server, tmp_path):
-    """Two Dask worker processes produce the same datasets as the thread runner."""
+    """Two Dask worker processes send the same requests and build the same datasets as the thread
+    runner. The real server answers each request once (through a recording proxy): a CPU server's
+    numerics depend on batch composition, so a second answer to the same seeded request can differ."""
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Count to {i}."} for i in range(5)])
+    proxy = FaultProxy(vllm_server.base_url, memo=True).start()
 
     def run(runner: str) -> Path:
         recipe = tmp_path / f"{runner}.yaml"
-        recipe.write_text(f"name: ops-{runner}\nprompts:\n  path: {data}\npolicy:\n  port: {vllm_server.port}\n"
+        recipe.write_text(f"name: ops-{runner}\nprompts:\n  path: {data}\npolicy:\n  endpoints: [{{base_url: "
+                          f"{proxy.base_url}, model: {vllm_server.model_name}}}]\n"
                           "sampling:\n  n: 2\n  max_tokens: 12\nshard_size: 2\njudges:\n  - type: pairwise\n"
                           f"    max_tokens: 32\ntask_runner: {runner}\ndask_workers: 2\n")  # fmt: skip
         out = tmp_path / runner
         assert main(["run", str(recipe), "--out", str(out)]) == 0
         return out
 
-    threads, dask = run("threads"), run("dask")
+    try:
+        threads = run("threads")
+        forwarded = proxy.forwarded
+        dask = run("dask")
+    finally:
+        proxy.stop()
     assert json.loads((dask / "summary.json").read_text())["engine"]["task_runner"] == "dask"
+    assert forwarded > 0 and proxy.forwarded == forwarded  # the Dask run asked nothing new
+    assert proxy.memo_hits == forwarded  # ... and asked every request the thread run asked
 
     def rows(out: Path) -> list:
         out_rows = uf_rows(out)
