@@ -24,12 +24,16 @@ class LoopThread:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if _INTERRUPTED.is_set():  # Ctrl-C/SIGTERM came: start nothing new
+            coro.close()
+            raise KeyboardInterrupt
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
 _LOOP: LoopThread | None = None
 _CLIENTS: dict[str, LLMClient] = {}
 _LOCK = threading.Lock()
+_INTERRUPTED = threading.Event()
 
 
 def io_loop() -> LoopThread:
@@ -63,6 +67,27 @@ def total_counters() -> Counters:
         for field in Counters.model_fields:
             setattr(total, field, getattr(total, field) + getattr(c.counters, field))
     return total
+
+
+def clear_interrupt() -> None:
+    """A new command in the same process (tests, `rlaif serve`) starts uninterrupted."""
+    _INTERRUPTED.clear()
+
+
+def cancel_in_flight() -> None:
+    """Ctrl-C/SIGTERM: cancel every coroutine on the shared loop, so the threads waiting on them (shard
+    tasks) unwind at once instead of waiting for the requests in flight to be answered. Unanswered
+    requests were never journalled; a re-run sends them again."""
+    _INTERRUPTED.set()
+    loop = _LOOP
+    if loop is None or not loop.thread.is_alive():
+        return
+
+    def cancel() -> None:
+        for task in asyncio.all_tasks(loop.loop):
+            task.cancel()
+
+    loop.loop.call_soon_threadsafe(cancel)
 
 
 @atexit.register

@@ -70,14 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sigterm(*_: object) -> None:
+def _interrupt(*_: object) -> None:
+    """Ctrl-C and `kill` unwind the same way: requests in flight are cancelled (never journalled),
+    local vLLM servers are stopped, exit 130."""
+    shared = sys.modules.get("serving.shared")  # not imported yet: nothing is in flight
+    if shared is not None:
+        shared.cancel_in_flight()
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_env()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm)  # `kill` unwinds like Ctrl-C: local vLLM servers are stopped
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
+    if "serving.shared" in sys.modules:  # a new command in the same process starts uninterrupted
+        sys.modules["serving.shared"].clear_interrupt()
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_prefect_console()

@@ -61,21 +61,34 @@ def test_server_dies_mid_generate_then_resume_exactly_once(vllm_server, tmp_path
 
 
 def test_sigint_leaves_no_partial_shard_and_rerun_completes(vllm_server, tmp_path):
-    block = f"  port: {vllm_server.port}\n"
-    path, out = recipe(tmp_path, block), tmp_path / "out"
-    env = {**os.environ, "RLAIF_PROGRESS": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", str(path), "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while len(journal_records(out)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert not (out / "build.json").exists()  # nothing that looks finished
-    for res in out.glob("shards/*/result-*.json"):  # a shard that looks finished is complete
-        assert json.loads(res.read_text())["completions"] == 4
-    assert main(["generate", str(path), "--out", str(out)]) == 0
+    """SIGINT while requests are in flight. The proxy holds every request after the second, so the
+    signal always lands mid-run (straight to vLLM, all 16 answers can arrive within one poll)."""
+    release = threading.Event()
+
+    def hold(req: dict, n: int) -> None:
+        if n > 2:
+            release.wait(120)
+
+    with FaultProxy(vllm_server.base_url, hold) as proxy:
+        block = f"  endpoints:\n    - base_url: {proxy.base_url}\n      model: {vllm_server.model_name}\n"
+        path, out = recipe(tmp_path, block), tmp_path / "out"
+        env = {**os.environ, "RLAIF_PROGRESS": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", str(path), "--out", str(out)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while len(journal_records(out)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.calls > 2  # requests were in flight (held) when the signal came
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)  # exits with requests still held: they are cancelled
+        release.set()
+        assert proc.returncode == 130, err[-2000:]
+        assert "rlaif: interrupted" in err and "Traceback" not in err, err[-2000:]
+        assert len(journal_records(out)) == 2
+        assert not (out / "build.json").exists()  # nothing that looks finished
+        for res in out.glob("shards/*/result-*.json"):  # a shard that looks finished is complete
+            assert json.loads(res.read_text())["completions"] == 4
+        assert main(["generate", str(path), "--out", str(out)]) == 0
     keys = keys_of(out)
     assert len(keys) == len(set(keys)) == 16
 
