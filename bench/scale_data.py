@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from flows.prompts import prompt_id_for
+
 ROOT = Path(__file__).resolve().parents[1]
 MT_BENCH = ROOT.parent / "shared" / "data" / "mt_bench_questions.jsonl"
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
@@ -73,17 +75,17 @@ def _one(i: int, seed: int, salt: int, sents: list[str], words: list[str]) -> st
 
 
 def synthetic_prompts(n: int, seed: int = 0) -> Iterator[str]:
-    """`n` prompts of realistic length, unique after rlaif's normalisation (whitespace collapsed,
-    as `prompt_id_for` does), the same for the same (n, seed)."""
+    """`n` prompts of realistic length, unique as rlaif sees them (`prompt_id_for`: whitespace
+    collapsed), the same for the same (n, seed)."""
     sents, words = _sentences(seed)
-    seen: set[bytes] = set()
+    seen: set[str] = set()
     for i in range(n):
         salt = 0
         while True:
             text = _one(i, seed, salt, sents, words)
-            digest = hashlib.sha1(" ".join(text.split()).encode()).digest()
-            if digest not in seen:
-                seen.add(digest)
+            pid = prompt_id_for(text)
+            if pid not in seen:
+                seen.add(pid)
                 break
             salt += 1
         yield text

@@ -118,7 +118,7 @@ class FaultProxy:
 
         self.target = target_base_url.rstrip("/")
         self.fault = fault
-        self.memo: dict[str, tuple[int, bytes]] | None = {} if memo else None
+        self.memo: dict[str, bytes] | None = {} if memo else None  # request body -> 200 answer
         self.memo_hits = 0
         self.calls = 0
         self.forwarded = 0
@@ -155,11 +155,12 @@ class FaultProxy:
                 if injected is not None:
                     self._send(*injected)
                     return
-                key = json.dumps(req, sort_keys=True)
-                if proxy.memo is not None and key in proxy.memo:
+                memo = proxy.memo
+                key = json.dumps(req, sort_keys=True) if memo is not None else ""
+                if memo is not None and key in memo:
                     with proxy._lock:
                         proxy.memo_hits += 1
-                    self._send(*proxy.memo[key], {})
+                    self._send(200, memo[key], {})
                     return
                 try:
                     r = proxy._http.post(proxy.target + self.path.removeprefix("/v1"), content=body,
@@ -169,8 +170,8 @@ class FaultProxy:
                     return
                 with proxy._lock:
                     proxy.forwarded += 1
-                    if proxy.memo is not None and r.status_code == 200:
-                        proxy.memo[key] = (r.status_code, r.content)
+                    if memo is not None and r.status_code == 200:
+                        memo[key] = r.content
                 self._send(r.status_code, r.content, {})
 
         return Handler
