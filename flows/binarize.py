@@ -46,6 +46,7 @@ class BinarizeStats(BaseModel):
     truncated_chosen_dropped: int = 0  # no complete completion could be chosen: no pair
     truncated_sft_repicked: int = 0  # best-of-N row: the best complete completion instead
     truncated_sft_dropped: int = 0  # best-of-N row: none was complete
+    candidates: int = 0  # judge pairs the rule proposed: each ends as a pair or one named drop
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -55,44 +56,56 @@ def _assistant(text: str) -> list[dict[str, str]]:
 def candidate_pairs(
     scores: list[float | None], rule: str, rng: random.Random, keep_ties: bool,
     choosable: list[bool] | None = None,
-) -> tuple[list[tuple[int, int]], int]:  # fmt: skip
-    """(chosen, rejected) index pairs by the rule, and how many were dropped as ties. Only a
-    `choosable` completion (default: all) is chosen; any scored one may be rejected. all-pairs puts a
-    choosable one first in a kept tie; its other pairs with an unchoosable winner are the caller's to drop."""
+) -> tuple[list[tuple[int, int]], dict[str, int]]:  # fmt: skip
+    """(chosen, rejected) index pairs by the rule, and the rule's other candidates by why they were
+    dropped ("tie", "truncated"): every candidate (one per prompt for the best-vs-* rules, one per two
+    scored completions for all-pairs) is in exactly one of the two. Only a `choosable` completion
+    (default: all) is chosen; any scored one may be rejected, so a kept tie puts a choosable one first."""
     idx = [i for i, s in enumerate(scores) if s is not None]
+    drops: dict[str, int] = {}
     if len(idx) < 2:
-        return [], 0
+        return [], drops
     ok = choosable or [True] * len(scores)
     s = {i: float(scores[i]) for i in idx}  # type: ignore[arg-type]
-    ties = 0
+
+    def drop(why: str) -> None:
+        drops[why] = drops.get(why, 0) + 1
+
     if rule == "all-pairs":
         out = []
         for i, j in itertools.combinations(idx, 2):
-            if s[i] == s[j]:
-                ties += 1
-                if keep_ties:
-                    out.append((i, j) if ok[i] or not ok[j] else (j, i))
+            if s[i] == s[j] and not keep_ties:
+                drop("tie")
                 continue
-            out.append((i, j) if s[i] > s[j] else (j, i))
-        return out, ties
+            c, r = (i, j) if s[i] > s[j] or (s[i] == s[j] and (ok[i] or not ok[j])) else (j, i)
+            if ok[c]:
+                out.append((c, r))
+            else:
+                drop("truncated")
+        return out, drops
     cands = [i for i in idx if ok[i]]
     if not cands:
-        return [], 0
+        drop("truncated")
+        return [], drops
     best = max(cands, key=lambda i: (s[i], -i))
     if rule == "best-vs-worst":
         # The lowest-scored of the others (lowest index on ties). Excluding `best` matters only when
         # every score ties: `min` over all of idx would then pick `best` itself and lose the pair.
         worst = min((i for i in idx if i != best), key=lambda i: (s[i], i))
-        if s[worst] == s[best]:
-            return ([(best, worst)] if keep_ties else []), 1
-        return ([(best, worst)] if s[worst] < s[best] else []), 0
-    lower = [i for i in idx if s[i] < s[best]]
-    if not lower:
+        pick = [worst] if s[worst] < s[best] else []
+        equal = [worst] if s[worst] == s[best] else []
+    else:
+        pick = [i for i in idx if s[i] < s[best]]
         equal = [i for i in idx if i != best and s[i] == s[best]]
-        if not equal:  # only higher-scored (unchoosable) ones are left
-            return [], 0
-        return ([(best, rng.choice(equal))] if keep_ties else []), 1
-    return [(best, rng.choice(lower))], 0
+    if pick:
+        return [(best, rng.choice(pick))], drops
+    if equal:
+        if keep_ties:
+            return [(best, rng.choice(equal))], drops
+        drop("tie")
+        return [], drops
+    drop("truncated")  # only higher-scored, unchoosable (truncated) ones are left
+    return [], drops
 
 
 def truncated(completion: dict[str, Any]) -> bool:
@@ -145,15 +158,13 @@ def binarize_prompt(
     seed = int(hashlib.sha256(f"{spec.seed}|{row['prompt_id']}".encode()).hexdigest()[:12], 16)
     cut = [truncated(c) for c in comps]
     ok = None if allow_truncated_chosen or not any(cut) else [not t for t in cut]
-    pairs, ties = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties, ok)
-    stats.ties_dropped += ties if not spec.keep_ties else 0
-    if ok is not None:  # compare with the pick that ignores truncation: re-picked or dropped
-        pairs = [p for p in pairs if ok[p[0]]]
+    pairs, drops = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties, ok)
+    stats.candidates += len(pairs) + sum(drops.values())
+    stats.ties_dropped += drops.get("tie", 0)
+    stats.truncated_chosen_dropped += drops.get("truncated", 0)
+    if ok is not None:  # pairs that differ from the pick that ignores truncation were re-picked
         unaware, _ = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties)
-        hit = sum(cut[c] for c, _ in unaware)
-        repicked = len(set(pairs) - set(unaware))
-        stats.truncated_chosen_repicked += repicked
-        stats.truncated_chosen_dropped += hit - repicked
+        stats.truncated_chosen_repicked += len(set(pairs) - set(unaware))
     out = []
     for c, r in pairs:
         if verdicts is not None:
@@ -209,14 +220,3 @@ def best_of_n(
 def is_test(prompt_id: str, fraction: float) -> bool:
     """Deterministic split by prompt id."""
     return int(hashlib.sha256(prompt_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
-
-
-def split_ids(prompt_ids: list[str], fraction: float) -> set[str]:
-    """Test prompt ids; at least one when there are 2+ prompts and fraction > 0."""
-    test = {p for p in prompt_ids if is_test(p, fraction)}
-    uniq = sorted(set(prompt_ids))
-    if not test and fraction > 0 and len(uniq) >= 2:
-        test = {min(uniq, key=lambda p: hashlib.sha256(p.encode()).hexdigest())}
-    if len(test) == len(uniq) and len(uniq) >= 2:
-        test.discard(max(uniq, key=lambda p: hashlib.sha256(p.encode()).hexdigest()))
-    return test

@@ -38,7 +38,7 @@ class Figures(BaseModel):
     soft_accuracy: float | None = None  # mean both-order P(chosen better); None without probabilities
     brier: float | None = None  # mean (1 - P(chosen better))^2 (target 0.5 on tie pairs)
     tie_rate: float  # share of pairs whose both-order verdict is a tie (said so, or the orders disagree)
-    consistency: float  # share of pairs where both orders pick the same answer (= 1 - tie_rate)
+    consistency: float  # share of pairs whose two orders agree (the same answer, or tie in both)
     p_first: float | None = None  # share of decided single-order verdicts won by the answer shown first
     length_baseline: float  # accuracy of "the longer answer wins" (equal lengths: a tie)
     margin_over_length: float  # accuracy - length_baseline
@@ -143,13 +143,15 @@ def figures(rows: list[_Judged], seed: int, resamples: int) -> dict[str, Any]:
             soft.append(1 - abs(target - p))  # = P(chosen) on a preference pair
             brier.append((target - p) ** 2)
     ties = sum(r.verdict == "tie" for r in rows)
+    agree = sum((r.fwd.winner, r.bwd.winner) in (("first", "second"), ("second", "first"), ("tie", "tie"))
+                for r in rows)  # fmt: skip
     accuracy, length_baseline = sum(scores) / n, sum(baseline) / n
     ci_low, ci_high = bootstrap_ci(scores, seed, resamples)
     return dict(
         n=n, accuracy=accuracy, ci_low=ci_low, ci_high=ci_high,
         soft_accuracy=sum(soft) / len(soft) if soft else None,
         brier=sum(brier) / len(brier) if brier else None,
-        tie_rate=ties / n, consistency=(n - ties) / n,
+        tie_rate=ties / n, consistency=agree / n,
         p_first=single.count("first") / len(single) if single else None,
         length_baseline=length_baseline, margin_over_length=accuracy - length_baseline,
     )  # fmt: skip

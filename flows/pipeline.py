@@ -6,6 +6,7 @@ the Prefect flow gets paths, hashes and small configs, never rows.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from flows.card import plot_report, write_card
 from flows.dataset.build import BuildResult, ShardFiles, build, provenance, sum_tallies
+from flows.dataset.ledger import Ledger
 from flows.endpoints import live_endpoints
 from flows.engine.budget import Usage
 from flows.engine.manifest import Manifest, write_manifest
@@ -25,6 +27,7 @@ from flows.engine.run import (
     all_finished,
     api_for_workers,
     dask_share,
+    load_manifest,
     peak_rss_mb,
     run_shards,
     start_prefect_api,
@@ -90,9 +93,17 @@ def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -
     """Normalise the prompt set into Parquet shards under OUT/prompts (streamed)."""
     src = recipe.prompts
     skipped: dict[str, int] = {}
+    notes: dict[str, int] = {}
     rows = iter_prompts(src.path, src.column, src.id_column, src.split, src.limit, src.max_prompt_chars,
-                        base=recipe_dir, skipped=skipped)  # fmt: skip
-    return write_manifest(rows, skipped, out, recipe.shard_size, str(resolve_path(src.path, recipe_dir)))
+                        base=recipe_dir, skipped=skipped, notes=notes)  # fmt: skip
+    man = write_manifest(
+        rows, skipped, out, recipe.shard_size, str(resolve_path(src.path, recipe_dir)), notes
+    )
+    if man.notes.get("turns_unused"):
+        print(f"rlaif: warning: {man.notes['prompts_with_unused_turns']} prompts of {man.source} have more than "
+              f"one turn in `{src.column}`; only the first turn is used ({man.notes['turns_unused']} turns "
+              "left out, counted in the ledger)", file=sys.stderr)  # fmt: skip
+    return man
 
 
 def constitution_ref(recipe: Recipe, recipe_dir: Path | None) -> tuple[Any, str | None]:
@@ -204,6 +215,24 @@ def stage_results(eng: EngineResult) -> dict[str, StageResult]:
         out["critique"].rows = int(crit.get("rows", 0))
         out["critique"].skipped = {k: int(v) for k, v in crit.get("skipped", {}).items()}
     return out
+
+
+def upstream_ledger(spec: RunSpec, eng: EngineResult) -> Ledger:
+    """What the build is accountable for: prompts read (and dropped on input or at generation), samples
+    asked (n per prompt sent), constitution candidates (a critique or label each) and the shards' drops."""
+    man = load_manifest(spec.manifest_path, spec.manifest_sha256)
+    n = spec.plan.sampling.n
+    led = Ledger(notes=dict(man.notes))
+    led.prompts.given = man.read
+    led.prompts.drops(man.skipped, "input:")
+    led.samples.given = n * man.prompts
+    for s in eng.shards:
+        led.prompts.drops(s.skipped, "generate:")
+        led.samples.drops({why: n * k for why, k in s.skipped.items()}, "prompt rejected at generation: ")
+        const = led.origin("constitution")
+        const.given += int(s.critique.get("rows", 0))
+        const.drops(s.critique.get("skipped", {}))
+    return led
 
 
 @flow(name="rlaif-run")

@@ -6,6 +6,7 @@ Empty, over-long and duplicate prompts are skipped and counted, never a crash.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,16 @@ class PromptSet(BaseModel):
 def prompt_id_for(text: str) -> str:
     """sha256 of the normalised prompt text (whitespace collapsed, stripped)."""
     return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
+
+
+def conversation_id(messages: list[dict[str, str]]) -> str:
+    """The id of what the policy sees: a lone user message keeps its text's id (`prompt_id_for`); any
+    other conversation hashes every turn's role and normalised content, so chats that differ only in
+    the system prompt or in earlier turns never collapse into one prompt."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return prompt_id_for(messages[0]["content"])
+    turns = [[m["role"], " ".join(m["content"].split())] for m in messages]
+    return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()
 
 
 def resolve_path(path: str, base: Path | None = None) -> Path:
@@ -69,7 +80,11 @@ def _load_dataset(path: Path, split: str) -> Any:
         raise DataError(f"{path}: cannot read prompts: {str(exc).splitlines()[0][:200]}") from None
 
 
-def _to_text(value: Any, column: str) -> tuple[str, list[dict[str, str]]]:
+def _to_text(
+    value: Any, column: str, notes: dict[str, int] | None = None
+) -> tuple[str, list[dict[str, str]]]:
+    """(the last user turn, the conversation the policy sees). A list of strings (MT-bench `turns`)
+    uses its first turn only: the turns left out are counted in `notes["turns_unused"]`."""
     if value is None:
         return "", []
     if isinstance(value, str):
@@ -79,6 +94,9 @@ def _to_text(value: Any, column: str) -> tuple[str, list[dict[str, str]]]:
         users = [m["content"] for m in msgs if m["role"] == "user"]
         return (users[-1].strip() if users else ""), msgs
     if isinstance(value, list):  # e.g. MT-bench "turns": the first turn is the prompt
+        if notes is not None and len(value) > 1:
+            notes["turns_unused"] = notes.get("turns_unused", 0) + len(value) - 1
+            notes["prompts_with_unused_turns"] = notes.get("prompts_with_unused_turns", 0) + 1
         return _to_text(value[0] if value else None, column)
     raise DataError(f"column {column!r} holds {type(value).__name__}, expected text or messages")
 
@@ -92,9 +110,11 @@ def iter_prompts(
     max_prompt_chars: int = 8000,
     base: Path | None = None,
     skipped: dict[str, int] | None = None,
+    notes: dict[str, int] | None = None,
 ) -> Iterator[PromptRow]:
     """Stream normalised prompts (bounded memory); empty/too long/duplicate ones are counted in
-    `skipped`. Raises DataError naming the file/column on bad input (before the first row)."""
+    `skipped`; `notes` counts rows read (`read`) and turns left unused. Raises DataError naming the
+    file/column on bad input (before the first row)."""
     p = resolve_path(path, base)
     if not p.exists():
         if path.count("/") == 1 and not Path(path).suffix:
@@ -105,11 +125,12 @@ def iter_prompts(
         raise DataError(f"{p}: no column {column!r} (columns: {ds.column_names}); set prompts.column")
     if id_column and id_column not in ds.column_names:
         raise DataError(f"{p}: no id column {id_column!r} (columns: {ds.column_names})")
-    return _rows(ds, p, column, id_column, limit, max_prompt_chars, {} if skipped is None else skipped)
+    return _rows(ds, p, column, id_column, limit, max_prompt_chars, {} if skipped is None else skipped,
+                 {} if notes is None else notes)  # fmt: skip
 
 
 def _rows(ds: Any, p: Path, column: str, id_column: str | None, limit: int | None, max_chars: int,
-          skipped: dict[str, int]) -> Iterator[PromptRow]:  # fmt: skip
+          skipped: dict[str, int], notes: dict[str, int]) -> Iterator[PromptRow]:  # fmt: skip
     seen: set[str] = set()
     wanted = [c for c in {column, id_column, "source", "category"} if c and c in ds.column_names]
     n = 0
@@ -117,14 +138,15 @@ def _rows(ds: Any, p: Path, column: str, id_column: str | None, limit: int | Non
         for k in range(len(batch[column])):
             if limit is not None and n >= limit:
                 return
-            text, messages = _to_text(batch[column][k], column)
+            notes["read"] = notes.get("read", 0) + 1
+            text, messages = _to_text(batch[column][k], column, notes)
             if not text:
                 skipped["empty"] = skipped.get("empty", 0) + 1
                 continue
             if sum(len(m["content"]) for m in messages) > max_chars:
                 skipped["too_long"] = skipped.get("too_long", 0) + 1
                 continue
-            pid = str(batch[id_column][k]) if id_column else prompt_id_for(text)
+            pid = str(batch[id_column][k]) if id_column else conversation_id(messages)
             if pid in seen:
                 skipped["duplicate"] = skipped.get("duplicate", 0) + 1
                 continue

@@ -60,7 +60,18 @@ class Sampling(_Strict):
 class BinarizeSpec(_Strict):
     rule: Literal["best-vs-random-lower", "best-vs-worst", "all-pairs"] = "best-vs-random-lower"
     keep_ties: bool = False
-    min_margin: float = Field(default=0.0, ge=0)
+    min_margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="judge pairs: score_chosen - score_rejected in "
+        "the ranking judge's units (UltraFeedback 1-5: up to 4; pairwise win share: up to 1)",
+    )
+    constitution_min_margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="constitution pairs: 2 P(chosen) - 1 for labels (0-1); a kept revision's margin is 1",
+    )
     test_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 42
     score: str | None = Field(default=None, description="judge whose score ranks; first rating judge")

@@ -77,6 +77,9 @@ def scan_ratings(text: str) -> list[int]:
     return [int(m) for m in _RATING.findall(text)]
 
 
+TIE_TOKENS = ("tie", "t", "ti")  # how a "tie" verdict's first token may read
+
+
 def choice_probability(
     logprobs: list[dict[str, Any]] | None, options: tuple[str, str] = ("A", "B")
 ) -> float | None:
@@ -86,8 +89,10 @@ def choice_probability(
     after the top-level `"verdict"` key, its `:` and the opening `"`, whatever the key order; in a
     bare answer (`A`, `(A)`, `"B"`) it is the first token with any content. Options found elsewhere
     (a rationale, a key) are never read. At that position the options' probabilities are summed
-    over `top_logprobs` (also when the chosen token is another one, e.g. `tie`). None when there is
-    no verdict position or neither option is among the alternatives there.
+    over `top_logprobs` (also when the chosen token is another one, e.g. `tie`). A tie's probability
+    counts half for each option; an option missing from the alternatives gets the least listed
+    probability (a bound), not 0. None when there is no verdict position or neither option is among
+    the alternatives there.
     """
     if not logprobs:
         return None
@@ -146,9 +151,19 @@ def choice_probability(
     if not any(str(t.get("token", "")) == tokens[at] for t in tops) and "logprob" in entry:
         tops.append({"token": tokens[at], "logprob": entry["logprob"]})  # the chosen token
     probs = {o: 0.0 for o in options}
+    tie = 0.0
     for top in tops:
         t = norm(top.get("token", ""))
         if t in probs:
             probs[t] += math.exp(float(top["logprob"]))
-    total = sum(probs.values())
-    return probs[options[0]] / total if total > 0 else None
+        elif t.lower() in TIE_TOKENS:
+            tie += math.exp(float(top["logprob"]))
+    if not any(probs.values()):
+        return None
+    # An option missing from the alternatives is at most as likely as the least likely one listed, and
+    # at most the mass the listed ones leave: that bound, not 0, so a missing option is no certainty.
+    listed = [math.exp(float(t["logprob"])) for t in tops]
+    floor = min(min(listed, default=0.0), max(0.0, 1.0 - sum(listed)))
+    probs = {o: p if p > 0 else floor for o, p in probs.items()}
+    total = sum(probs.values()) + tie
+    return (probs[options[0]] + tie / 2) / total

@@ -36,7 +36,7 @@ class Critique(BaseModel):
     principle_sha256: str
     critique: str | None = None
     revision: str | None = None
-    status: Literal["kept", "identical", "empty", "refusal", "error"] = "kept"
+    status: Literal["kept", "identical", "empty", "refusal", "truncated", "error"] = "kept"
     error: str | None = None
     requests: int = 0
 
@@ -76,10 +76,12 @@ def revision_status(original: str, revision: str) -> str:
 class ConstitutionalCritic:
     """Critique then revise a response under a principle, with the constitution's few-shot examples."""
 
-    def __init__(self, client: LLMClient, constitution: Constitution, max_tokens: int = 128) -> None:
+    def __init__(self, client: LLMClient, constitution: Constitution, max_tokens: int = 128,
+                 allow_truncated: bool = False) -> None:  # fmt: skip
         self.client = client
         self.constitution = constitution
         self.max_tokens = max_tokens
+        self.allow_truncated = allow_truncated  # a revision cut at max_tokens may still be kept
 
     def _shots(self, principle: Principle) -> list[dict[str, str]]:
         msgs: list[dict[str, str]] = []
@@ -111,6 +113,8 @@ class ConstitutionalCritic:
         finally:
             out.requests = 1 + int(out.critique is not None)
         out.status = revision_status(response, out.revision)  # type: ignore[assignment]
+        if out.status == "kept" and res.choices[0].finish_reason == "length" and not self.allow_truncated:
+            out.status = "truncated"  # a revision cut at max_tokens is never chosen over its original
         return out
 
 

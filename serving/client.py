@@ -183,9 +183,11 @@ class LLMClient:
         top_logprobs: int | None = None,
         extra_body: dict[str, Any] | None = None,
         priority: int = 0,
+        sample: int | None = None,
     ) -> ChatResult:
         """One chat completion request (with `n` samples), retried on transient failures. `priority`
-        orders it among requests waiting for a slot (lower first); it is not sent."""
+        orders it among requests waiting for a slot (lower first); `sample` is the sample index of a
+        prompt's n separate requests (part of the request's identity in the journal). Neither is sent."""
         body: dict[str, Any] = {"messages": messages, "n": n}
         for key, value in (
             ("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),

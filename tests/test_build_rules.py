@@ -50,10 +50,25 @@ def test_constitution_pairs_follow_keep_ties_and_min_margin(tmp_path, keep_ties,
                                                             ties_dropped, below_margin):  # fmt: skip
     labels = [label("x", 0.6), label("y", 0.0), label("tie", None)]  # margins 0.2, 1.0, 0.0
     files = _shard(tmp_path, constitution_pairs(MSG, "p", [], labels))
-    spec = BinarizeSpec(keep_ties=keep_ties, min_margin=min_margin, test_fraction=0.0)
+    spec = BinarizeSpec(keep_ties=keep_ties, constitution_min_margin=min_margin, test_fraction=0.0)
     res, _ = build(tmp_path / "out", files, spec, None, uf_features([], []).arrow_schema, {"policy": "m"})
     assert res.constitution_pairs == kept == res.pairs["train_prefs"]
     assert (res.stats.ties_dropped, res.stats.below_margin) == (ties_dropped, below_margin)
+    acc = res.ledger.pairs["constitution"]
+    assert (acc.given, acc.kept) == (3, kept) and acc.closes()
+
+
+def test_judge_min_margin_is_not_applied_to_constitution_pairs(tmp_path):
+    """`min_margin` is in the ranking judge's score units (UltraFeedback: up to 4); constitution
+    margins are 0-1. A judge margin of 1.5 used to drop every constitution pair."""
+    labels = [label("x", 0.9), label("y", 0.0)]  # margins 0.8 and 1.0
+    files = _shard(tmp_path, constitution_pairs(MSG, "p", [], labels))
+    spec = BinarizeSpec(min_margin=1.5, test_fraction=0.0)
+    res, _ = build(tmp_path / "out", files, spec, None, uf_features([], []).arrow_schema, {"policy": "m"})
+    assert res.constitution_pairs == 2 and res.stats.below_margin == 0
+    strict = BinarizeSpec(min_margin=1.5, constitution_min_margin=0.9, test_fraction=0.0)
+    res, _ = build(tmp_path / "out2", files, strict, None, uf_features([], []).arrow_schema, {"policy": "m"})
+    assert res.constitution_pairs == 1 and res.ledger.pairs["constitution"].dropped == {"below min_margin": 1}
 
 
 def test_crash_while_swapping_outputs_leaves_no_finished_marker(tmp_path, monkeypatch):

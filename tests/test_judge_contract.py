@@ -90,7 +90,7 @@ def test_judge_eval_runs_any_registered_judge():
     res = asyncio.run(evaluate(make_judge(LengthConfig()), pairs))
     # length wins q1, q4; loses q2; q3 is a tie in both orders (half a point)
     assert res.n == 4 and res.accuracy == (1 + 0 + 0.5 + 1) / 4
-    assert res.position_consistency == 3 / 4 and res.tie_rate == 1 / 4
+    assert res.position_consistency == 1.0 and res.tie_rate == 1 / 4  # q3: tie in both orders agrees
     assert res.p_first == 0.5  # order-blind: of 6 decided single-order verdicts, 3 went to the first shown
     assert res.judge == "length"
 

@@ -84,7 +84,8 @@ def test_a_perfect_judge_on_the_gold_pairs():
     pairs = load_pairs(GOLD)
     res = run(oracle(pairs), pairs)
     assert res.n == 24 and res.accuracy == 1.0 and (res.ci_low, res.ci_high) == (1.0, 1.0)
-    assert res.tie_rate == 3 / 24 and res.consistency == 21 / 24 and res.p_first == 0.5
+    # the 3 tie pairs are called tie in both orders: consistent (it read 21/24 = 1 - tie rate)
+    assert res.tie_rate == 3 / 24 and res.consistency == 1.0 and res.p_first == 0.5
     # 10 of the 21 preferred answers are the longer one; the 3 tie pairs have unequal lengths (0.5 each)
     assert res.length_baseline == pytest.approx(11.5 / 24)
     assert res.margin_over_length == pytest.approx(1 - 11.5 / 24)
@@ -122,7 +123,8 @@ def test_soft_accuracy_brier_p_first_and_parse_failures_by_hand():
     res = run(lambda prompt, first, second: script[(prompt, first)], pairs)
     # verdicts: p1 chosen (1), p2 rejected (0), p3 tie on a tie pair (1), p4 failure -> tie (0.5)
     assert res.accuracy == (1 + 0 + 1 + 0.5) / 4
-    assert (res.consistency, res.tie_rate) == (0.5, 0.5)
+    # both orders agree on p1, p2 and p3 (tie, tie); p4's failure agrees with nothing
+    assert (res.consistency, res.tie_rate) == (0.75, 0.5)
     # P(chosen): p1 (0.8 + 0.6) / 2 = 0.7, p2 0.3, p3 0.5 on a tie pair (target 0.5: soft 1, brier 0)
     assert res.soft_accuracy == pytest.approx((0.7 + 0.3 + 1.0) / 3)
     assert res.brier == pytest.approx((0.3**2 + 0.7**2 + 0.0) / 3)

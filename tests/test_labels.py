@@ -50,7 +50,7 @@ def run(row, rule, keep_ties=False, min_margin=0.0, verdicts=None, seed=42):
 
 def counters(pairs=0, ties=0, below=0, disagrees=0, **extra) -> dict[str, int]:
     base = BinarizeStats(prompts=1, pairs=pairs, ties_dropped=ties, below_margin=below,
-                         verdict_disagrees=disagrees)  # fmt: skip
+                         verdict_disagrees=disagrees, candidates=pairs + ties + below + disagrees)  # fmt: skip
     return base.model_dump() | extra
 
 
@@ -206,10 +206,10 @@ def test_bug_c_candidate_pairs_all_tie():
     import random
 
     for keep in (False, True):
-        pairs, ties = candidate_pairs([1.0, 1.0, 1.0], "best-vs-worst", random.Random(0), keep)
-        assert (pairs, ties) == (([(0, 1)] if keep else []), 1)
-    pairs, ties = candidate_pairs([None, 2.0, 2.0], "best-vs-worst", random.Random(0), True)
-    assert (pairs, ties) == ([(1, 2)], 1)
+        pairs, drops = candidate_pairs([1.0, 1.0, 1.0], "best-vs-worst", random.Random(0), keep)
+        assert (pairs, drops) == (([(0, 1)], {}) if keep else ([], {"tie": 1}))
+    pairs, drops = candidate_pairs([None, 2.0, 2.0], "best-vs-worst", random.Random(0), True)
+    assert (pairs, drops) == ([(1, 2)], {})
 
 
 def test_too_few_and_unscored_are_counted():
@@ -336,6 +336,11 @@ def ratio(la: float, lb: float) -> float:
     return math.exp(la) / (math.exp(la) + math.exp(lb))
 
 
+def tied(la: float, lb: float, lt: float) -> float:
+    """P(A) with a tie's probability counted half for each option."""
+    return (math.exp(la) + math.exp(lt) / 2) / (math.exp(la) + math.exp(lb) + math.exp(lt))
+
+
 RATIONALE_A = ("A", {"A": -0.1, "B": -3.0})  # an "A" inside a rationale: never to be read
 
 CHOICE = [
@@ -348,26 +353,33 @@ CHOICE = [
     ("verdict-first",
      lp('{"', "verdict", '":', ' "', ("B", {"B": -0.5, "A": -1.0, "tie": -3}), '",', ' "',
         "rationale", '":', ' "', RATIONALE_A, '"}'),
-     ratio(-1.0, -0.5)),
-    # a tie verdict: P(A)/(P(A)+P(B)) at the verdict position
+     tied(-1.0, -0.5, -3)),
+    # a tie verdict: its probability counts half for each side, so it reads as about even (it read
+    # as a confident P(A) = 0.62 when the tie's mass was left out)
     ("tie-verdict",
      lp('{"', "verdict", '":', ' "', ("tie", {"tie": -0.1, "A": -2.5, "B": -3.0}), '",', ' "',
         "rationale", '":', ' "', RATIONALE_A, " and", " B", " equal", '"}'),
-     ratio(-2.5, -3.0)),
+     tied(-2.5, -3.0, -0.1)),
     # a tie with neither option among the alternatives there: no soft label
     ("tie-without-options",
      lp('{"', "verdict", '":', ' "', ("tie", {"tie": -0.01, "t": -5.0}), '",', ' "', "rationale",
         '":', ' "', RATIONALE_A, '"}'),
      None),
-    # only one option among the alternatives: all of it
-    ("one-option", lp('{"', "verdict", '":', ' "', ("tie", {"tie": -0.1, "B": -2.0}), '"}'), 0.0),
+    # only one option among the alternatives, which leave no mass for the other: the tie still counts
+    # half (it read as exactly 0.0, a certain B, for a tie verdict)
+    ("one-option", lp('{"', "verdict", '":', ' "', ("tie", {"tie": -0.1, "B": -2.0}), '"}'),
+     (math.exp(-0.1) / 2) / (math.exp(-0.1) + math.exp(-2.0))),
+    # the other option missing while the listed ones leave mass: it gets the least listed probability
+    # (a bound), never 0, so the label is not a certainty (it read as exactly 1.0)
+    ("missing-option", lp('{"', "verdict", '":', ' "', ("A", {"A": -0.7, "C": -2.0, "D": -2.5}), '"}'),
+     ratio(-0.7, -2.5)),
     # quote and letter in one token, no spaces, alternatives spelled alike
     ("merged-quote",
      lp('{"', "verdict", '":"', ("A", {"A": -0.3, "B": -1.4}), '","', "rationale", '":"', "B", '"}'),
      ratio(-0.3, -1.4)),
     ("merged-quote-letter",
      lp("{", '"verdict"', ":", (' "A', {' "A': -0.3, ' "B': -1.4, ' "tie': -4.0}), '"', "}"),
-     ratio(-0.3, -1.4)),
+     tied(-0.3, -1.4, -4.0)),
     # spaces around the colon, a nested "verdict" key and an escaped one inside a string
     ("nested-and-escaped",
      lp("{", ' "notes"', ": {", '"verdict"', ': "', RATIONALE_A, '"},', ' "rationale"', ': "', "\\",
@@ -402,9 +414,11 @@ def test_choice_probability_reads_the_verdict_token(logprobs, want):
 
 def test_choice_probability_edges():
     assert choice_probability(None) is None
-    # no top_logprobs: the chosen token itself
-    assert choice_probability([{"token": "B", "logprob": -0.1}]) == 0.0
-    assert choice_probability([{"token": "A", "logprob": -0.1, "top_logprobs": []}]) == 1.0
+    # no top_logprobs: the chosen token itself, and the other option bounded by the mass it leaves
+    assert choice_probability([{"token": "B", "logprob": -0.1}]) == pytest.approx(1 - math.exp(-0.1))
+    assert choice_probability([{"token": "A", "logprob": -0.1, "top_logprobs": []}]) == pytest.approx(
+        math.exp(-0.1)
+    )
     # the chosen token is counted when the alternatives leave it out (sampled outside the top-k)
     entry = {"token": "B", "logprob": -2.0, "top_logprobs": [{"token": "A", "logprob": -1.0}]}
     assert choice_probability([entry]) == pytest.approx(ratio(-1.0, -2.0))

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from flows.binarize import BinarizeStats, best_of_n, binarize_prompt, is_test, verdict_probabilities
+from flows.dataset.ledger import Account, Ledger
 from flows.dataset.lints import Linter, LintReport, lint_fingerprint
 from flows.dataset.rows import merge
 from flows.dataset.schema import binarized_features
@@ -44,6 +45,7 @@ class BuildResult(BaseModel):
     mean_len_chosen: float | None = None
     mean_len_rejected: float | None = None
     lints: LintReport = Field(default_factory=LintReport)
+    ledger: Ledger = Field(default_factory=Ledger)
     fingerprint: str = ""
     cached: bool = False
 
@@ -132,13 +134,16 @@ class PlotData:
 def build(
     out_dir: Path, shards: list[ShardFiles], spec: BinarizeSpec, score_key: str | None, uf_schema: pa.Schema,
     prov: dict[str, Any], judge_figures: dict[str, dict[str, Any]] | None = None,
-    lints: LintSpec | None = None, decontaminate: list[str] | None = None,
+    lints: LintSpec | None = None, decontaminate: list[str] | None = None, ledger: Ledger | None = None,
 ) -> tuple[BuildResult, PlotData | None]:  # fmt: skip
     """Binarise, lint (flows/dataset/lints.py) and write both datasets; a build whose inputs did not
     change is not redone.
 
     `score_key` is the judge whose scores rank completions; when that judge also gave pairwise
-    verdicts, a pair is kept only if its verdict agrees. `decontaminate`: eval prompt files."""
+    verdicts, a pair is kept only if its verdict agrees. `decontaminate`: eval prompt files.
+    `ledger`: what came before the build (prompts read, samples asked, constitution candidates and
+    their drops, from the manifest and the shards); without it the build's own inputs are the given.
+    The build adds its drops and what it wrote, and fails (LedgerError) when an equation does not close."""
     lints = lints or LintSpec()
     eval_files = [Path(p).expanduser() for p in decontaminate or []]
     fp_data = (
@@ -162,6 +167,9 @@ def build(
         return pid in force_test or (pid not in force_train and is_test(pid, spec.test_fraction))
 
     res = BuildResult(out_dir=str(out_dir), fingerprint=fp)
+    upstream = ledger is not None
+    led = ledger.model_copy(deep=True) if ledger is not None else Ledger()
+    judged, const = led.origin("judge"), led.origin("constitution")
     plot = PlotData()
     linter = Linter(lints, eval_files)
     allow_cut = lints.allow_truncated_chosen
@@ -176,7 +184,16 @@ def build(
             for s in shards:
                 table = pq.read_table(s.rows_path)
                 rows = table.to_pylist()
-                keep = [linter.keep_prompt(r) for r in rows]
+                keep = []
+                for r in rows:
+                    kept = linter.keep_prompt(r)
+                    keep.append(kept)
+                    if not upstream:
+                        led.prompts.given += 1
+                        led.samples.given += len(r["completions"])
+                    if not kept:
+                        led.prompts.drop(linter.last_drop or "lint")
+                        led.samples.drop("prompt dropped by lints", len(r["completions"]))
                 if not all(keep):
                     table = table.filter(pa.array(keep))
                     rows = [r for r, k in zip(rows, keep) if k]
@@ -184,6 +201,8 @@ def build(
                 w.uf.write_table(
                     table.append_column("provenance", prov_col).select(uf_schema.names).cast(uf_schema)
                 )
+                led.prompts.kept += len(rows)
+                led.samples.kept += sum(len(r["completions"]) for r in rows)
                 out: dict[str, list[dict[str, Any]]] = {k: [] for k in SPLITS}
                 for row in rows:
                     res.prompts += 1
@@ -197,16 +216,33 @@ def build(
                     if score_key is not None:
                         probs = verdict_probabilities(row["pairwise_verdicts"], score_key)
                         pairs = binarize_prompt(row, score_key, spec, verdicts, res.stats, probs, allow_cut)
-                        out[f"{split}_prefs"] += [d for p in pairs if linter.keep_pair(d := p.model_dump())]
+                        for p in pairs:
+                            if linter.keep_pair(d := p.model_dump()):
+                                out[f"{split}_prefs"].append(d)
+                            else:
+                                judged.drop(linter.last_drop or "lint")
                     else:
                         res.stats.prompts += 1
+                    led.sft.given += 1
+                    cut_before = res.stats.truncated_sft_dropped
                     sft = best_of_n(row, score_key, res.stats, allow_cut)
-                    if sft and linter.keep_sft(sft):
+                    if sft is None:
+                        led.sft.drop("truncated" if res.stats.truncated_sft_dropped > cut_before
+                                     else "no scored completion")  # fmt: skip
+                    elif linter.keep_sft(sft):
                         out[f"{split}_sft"].append(sft)
+                    else:
+                        led.sft.drop(linter.last_drop or "lint")
                 for cp in pq.read_table(s.cpairs_path).to_pylist():
-                    if cp["prompt_id"] in linter.dropped or not (
-                        constitution_pair_kept(cp, spec, res.stats) and linter.keep_pair(cp)
-                    ):
+                    if not upstream:
+                        const.given += 1
+                    if cp["prompt_id"] in linter.dropped:
+                        const.drop("prompt dropped by lints")
+                        continue
+                    if not constitution_pair_kept(cp, spec, res.stats, const):
+                        continue
+                    if not linter.keep_pair(cp):
+                        const.drop(linter.last_drop or "lint")
                         continue
                     out[f"{'test' if test(cp['prompt_id']) else 'train'}_prefs"].append(cp)
                     res.constitution_pairs += 1
@@ -219,9 +255,22 @@ def build(
                             if split == "train_prefs":
                                 plot.margins.append(p["margin"])
                     w.pairs(split, prs)
+                    for p in prs:
+                        if split.endswith("prefs"):
+                            led.origin(p["origin"]).kept += 1
+                        else:
+                            led.sft.kept += 1
         finally:
             w.close()
         res.pairs = dict(w.counts)
+        st = res.stats
+        judged.given += st.candidates
+        judged.drops({"tie": st.ties_dropped - const.dropped.get("tie", 0), "truncated": st.truncated_chosen_dropped,
+                      "verdict disagrees": st.verdict_disagrees,
+                      "below min_margin": st.below_margin - const.dropped.get("below min_margin", 0)})  # fmt: skip
+        led.notes["truncated chosen re-picked"] = st.truncated_chosen_repicked
+        res.ledger = led
+        led.check()
         n_pairs = res.pairs["train_prefs"] + res.pairs["test_prefs"]
         if n_pairs:
             res.mean_len_chosen, res.mean_len_rejected = len_c / n_pairs, len_r / n_pairs
@@ -239,13 +288,18 @@ def build(
     return res, plot
 
 
-def constitution_pair_kept(pair: dict[str, Any], spec: BinarizeSpec, stats: BinarizeStats) -> bool:
-    """The recipe's `keep_ties` and `min_margin` apply to constitution pairs as to judged ones."""
+def constitution_pair_kept(pair: dict[str, Any], spec: BinarizeSpec, stats: BinarizeStats,
+                           account: Account | None = None) -> bool:  # fmt: skip
+    """The recipe's `keep_ties` applies to constitution pairs as to judged ones; their margin (0-1) is
+    held to `constitution_min_margin`, not to the judge's `min_margin` (another scale)."""
+    account = account or Account()
     if pair["margin"] <= 0 and not spec.keep_ties:
         stats.ties_dropped += 1
+        account.drop("tie")
         return False
-    if pair["margin"] < spec.min_margin:
+    if pair["margin"] < spec.constitution_min_margin:
         stats.below_margin += 1
+        account.drop("below min_margin")
         return False
     return True
 

@@ -142,6 +142,7 @@ class Linter:
         self._base = MinHash(num_perm=NUM_PERM, seed=1)
         self._minhash = MinHash
         self._pairs = self._longer = self._gap = 0
+        self.last_drop: str | None = None  # why the last `keep_*` said False (a ledger drop name)
 
     def keep_prompt(self, row: dict[str, Any]) -> bool:
         """False for a prompt overlapping an eval set, or a later duplicate with drop_duplicate_prompts."""
@@ -152,6 +153,7 @@ class Linter:
                 r.decontaminated[name] += (mask >> k) & 1
             r.decontaminated_prompts += 1
             self.dropped.add(pid)
+            self.last_drop = "lint:decontaminated"
             return False
         key = hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
         earlier, kind = self._exact.get(key), "exact"
@@ -173,6 +175,7 @@ class Linter:
             if self.spec.drop_duplicate_prompts:
                 r.duplicate_prompts_dropped += 1
                 self.dropped.add(pid)
+                self.last_drop = "lint:duplicate"
                 return False
         self._exact.setdefault(key, pid)
         if sig is not None and pid not in self._lsh:
@@ -185,9 +188,11 @@ class Linter:
         c, rej = _content(pair["chosen"]), _content(pair["rejected"])
         if not c.strip() or not rej.strip():
             self.report.empty_pairs_dropped += 1
+            self.last_drop = "lint:empty"
             return False
         if c.split() == rej.split():
             self.report.identical_pairs_dropped += 1
+            self.last_drop = "lint:identical"
             return False
         self._pairs += 1
         self._longer += len(c) > len(rej)
@@ -197,6 +202,7 @@ class Linter:
     def keep_sft(self, row: dict[str, Any]) -> bool:
         if not _content(row["chosen"]).strip():
             self.report.empty_sft_dropped += 1
+            self.last_drop = "lint:empty"
             return False
         return True
 

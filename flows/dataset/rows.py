@@ -48,11 +48,23 @@ def prompt_row(
             "source": prompt.source, "completions": out, "pairwise_verdicts": verdicts}  # fmt: skip
 
 
+def label_winner(lab: dict[str, Any]) -> tuple[str, str]:
+    """(chosen side, rejected side) of a label: "x"/"y" (x wins a tie)."""
+    return ("y", "x") if lab["winner"] == "y" else ("x", "y")
+
+
+def label_chosen_cut(lab: dict[str, Any], allow_cut: bool) -> bool:
+    """The label would choose an answer cut at max_tokens (never chosen unless the recipe allows it)."""
+    return not allow_cut and bool(lab.get(f"{label_winner(lab)[0]}_cut"))
+
+
 def constitution_pairs(
-    messages: list[dict[str, str]], prompt_id: str, crits: list[dict], labels: list[dict]
-) -> list[PairRow]:
+    messages: list[dict[str, str]], prompt_id: str, crits: list[dict], labels: list[dict],
+    allow_cut: bool = False,
+) -> list[PairRow]:  # fmt: skip
     """Kept revisions beat their original (margin 1); labels give chosen/rejected with margin
-    2 P(chosen) - 1 (0 for a tie) and, when the label has logprobs, `p_chosen` = the judge's P(chosen)."""
+    2 P(chosen) - 1 (0 for a tie) and, when the label has logprobs, `p_chosen` = the judge's P(chosen).
+    A label whose chosen answer was cut at max_tokens gives no pair (counted by `tally_critique`)."""
     out = []
     for c in crits:
         if c["status"] != "kept":
@@ -66,7 +78,9 @@ def constitution_pairs(
             principle_id=c["principle_id"], principle_sha256=c["principle_sha256"],
         ))  # fmt: skip
     for lab in labels:  # a tie is kept with margin 0: `build` applies keep_ties and min_margin
-        win, lose = ("y", "x") if lab["winner"] == "y" else ("x", "y")
+        if label_chosen_cut(lab, allow_cut):
+            continue
+        win, lose = label_winner(lab)
         p = lab["p_x"] if lab["p_x"] is not None else {"x": 1.0, "y": 0.0, "tie": 0.5}[lab["winner"]]
         pc = 0.5 if lab["winner"] == "tie" else (p if win == "x" else 1 - p)
         out.append(PairRow(
@@ -82,7 +96,9 @@ def constitution_pairs(
     return out
 
 
-def tally_critique(t: dict[str, Any], crits: list[dict], labels: list[dict]) -> None:
+def tally_critique(t: dict[str, Any], crits: list[dict], labels: list[dict], allow_cut: bool = False) -> None:
+    """Per-principle counts, and every candidate pair (a critique or a label: `rows`) that gave no pair
+    here under `skipped` with its reason (`build` drops ties and small margins later)."""
     per = t.setdefault("per_principle", {})
     skipped = t.setdefault("skipped", {})
     for c in crits:
@@ -94,7 +110,11 @@ def tally_critique(t: dict[str, Any], crits: list[dict], labels: list[dict]) -> 
             add(skipped, f"revision_{c['status']}")
     for lab in labels:
         d = per.setdefault(lab["principle_id"], {"critiques": 0, "pairs": 0, "dropped": 0})
-        d["pairs" if lab["winner"] != "tie" else "dropped"] += 1
+        cut = label_chosen_cut(lab, allow_cut)
+        d["pairs" if lab["winner"] != "tie" and not cut else "dropped"] += 1
+        if cut:
+            add(d, "dropped_truncated_chosen")
+            add(skipped, "label_truncated_chosen")
         add(t, "labels")
         add(t, "labels_consistent", int(lab["consistent"]))
         add(t, "labels_soft", int(lab["p_x"] is not None))

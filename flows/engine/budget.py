@@ -1,11 +1,12 @@
 """Token and money accounting: prices per endpoint, cost per stage, and a budget that stops a run.
 
-A budget counts what *this* run sends (journalled answers cost nothing again); when it is reached no
-new request starts, the requests in flight finish and are journalled, and the run stops with one line.
+A budget counts what *this* run sends (journalled answers cost nothing again), as the endpoints report
+it; a request waits until its worst case fits, and the run stops with one line when nothing more fits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any, ClassVar
 
@@ -38,49 +39,85 @@ class BudgetReached(RlaifError):
 
 
 class Spend:
-    """What this process's requests of one run have used so far (shared by its shards' threads), plus
-    what the requests in flight may still use: a request starts only if its worst case (prompt +
-    `max_tokens`) fits, so concurrency cannot overshoot the budget."""
+    """What this process's requests of one run have used so far (shared by its shards, whose requests
+    all run on the one I/O loop), plus what the requests in flight may still use.
+
+    A request is sent only when its worst case (prompt bound + `max_tokens`) fits next to the holds of
+    the requests in flight; one that does not fit waits for them to settle. The run stops only when a
+    request does not fit with nothing in flight: so every request that was sent is answered and
+    journalled, and what the endpoints reported never exceeds the budget."""
 
     def __init__(self) -> None:
         self.tokens = 0
         self.usd = 0.0
         self.held_tokens = 0
         self.held_usd = 0.0
+        self.holds = 0
+        self.stopped: str | None = None  # the stop message, once nothing more fits
         self.lock = threading.Lock()
+        self._changed: asyncio.Event | None = None
 
-    def reserve(self, budget: BudgetSpec | None, share: float, price: Price | None, prompt: int,
-                completion: int) -> tuple[int, float]:  # fmt: skip
-        """Hold a request's worst case, or raise `BudgetReached` when it does not fit this process's
-        share of the budget. Returns the hold, for `settle`."""
+    def _fits(self, budget: BudgetSpec, share: float, tokens: int, usd: float, held: bool) -> bool:
+        ht, hu = (self.held_tokens, self.held_usd) if held else (0, 0.0)
+        return not (budget.tokens is not None and self.tokens + ht + tokens > budget.tokens * share) and not (
+            budget.usd is not None and self.usd + hu + usd > budget.usd * share
+        )
+
+    async def reserve(self, budget: BudgetSpec | None, share: float, price: Price | None, prompt: int,
+                      completion: int) -> tuple[int, float]:  # fmt: skip
+        """Hold a request's worst case, waiting while the requests in flight may still use what it needs;
+        raise `BudgetReached` once nothing is in flight and it still does not fit this process's share.
+        Returns the hold, for `settle`."""
         if budget is None:
             return 0, 0.0
         tokens = prompt + completion
         usd = price.cost(prompt, 0, completion) if price is not None else 0.0
+        while True:
+            with self.lock:
+                if self.stopped is None:
+                    if self._fits(budget, share, tokens, usd, held=True):
+                        self.held_tokens += tokens
+                        self.held_usd += usd
+                        self.holds += 1
+                        return tokens, usd
+                    if self.holds == 0:  # nothing in flight will free anything: nothing more fits
+                        limit = (
+                            f"{budget.tokens:,} tokens"
+                            if budget.tokens is not None
+                            else f"${budget.usd:,.2f}"
+                        )
+                        self.stopped = (
+                            f"budget reached ({limit}; this run sent {self.tokens:,} tokens, ${self.usd:,.4f} "
+                            "as the endpoints reported them): everything answered so far is journalled; "
+                            "re-run with a larger or no `budget:` to continue"
+                        )  # fmt: skip
+                if self.stopped is not None:
+                    break
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                changed = self._changed
+            await changed.wait()
+        self._wake()
+        raise BudgetReached(self.stopped)
+
+    def _wake(self) -> None:
         with self.lock:
-            over = (budget.tokens is not None and self.tokens + self.held_tokens + tokens > budget.tokens * share) or (
-                budget.usd is not None and self.usd + self.held_usd + usd > budget.usd * share
-            )  # fmt: skip
-            if not over:
-                self.held_tokens += tokens
-                self.held_usd += usd
-                return tokens, usd
-            sent, spent = self.tokens, self.usd
-        limit = f"{budget.tokens:,} tokens" if budget.tokens is not None else f"${budget.usd:,.2f}"
-        raise BudgetReached(
-            f"budget reached ({limit}; this run sent {sent:,} tokens, ${spent:,.4f}): everything "
-            "answered so far is journalled; re-run with a larger or no `budget:` to continue"
-        )
+            changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     def settle(self, hold: tuple[int, float], price: Price | None, prompt: int, cached: int,
                completion: int) -> None:  # fmt: skip
-        """Release a request's hold and charge what it really used (zeros: it failed)."""
+        """Release a request's hold and charge what the endpoint reported it used (zeros: it failed)."""
         with self.lock:
-            self.held_tokens -= hold[0]
-            self.held_usd -= hold[1]
+            if hold != (0, 0.0):
+                self.held_tokens -= hold[0]
+                self.held_usd -= hold[1]
+                self.holds -= 1
             self.tokens += prompt + completion
             if price is not None:
                 self.usd += price.cost(prompt, cached, completion)
+        self._wake()
 
 
 _SPENDS: dict[str, Spend] = {}

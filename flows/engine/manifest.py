@@ -43,6 +43,8 @@ class Manifest(BaseModel):
     shard_size: int = 256
     shards: list[ShardRef] = Field(default_factory=list)
     skipped: dict[str, int] = Field(default_factory=dict)
+    read: int = 0  # input rows looked at (before `limit` stopped the reading): prompts + skipped
+    notes: dict[str, int] = Field(default_factory=dict)  # counted, nothing lost (e.g. turns_unused)
 
 
 def _chunks(rows: Iterator[PromptRow], size: int) -> Iterator[list[PromptRow]]:
@@ -64,7 +66,7 @@ def shard_sha(rows: list[PromptRow]) -> str:
 
 
 def write_manifest(rows: Iterator[PromptRow], skipped: dict[str, int], run_dir: Path, shard_size: int,
-                   source: str) -> Manifest:  # fmt: skip
+                   source: str, notes: dict[str, int] | None = None) -> Manifest:  # fmt: skip
     """Stream prompts into `run_dir/prompts/shard-*.parquet` (a shard whose content is unchanged is not
     rewritten) and write `manifest.json`. Memory: one shard at a time."""
     folder = run_dir / "prompts"
@@ -89,6 +91,8 @@ def write_manifest(rows: Iterator[PromptRow], skipped: dict[str, int], run_dir: 
         man.prompts += len(chunk)
         total.update(sha.encode())
     man.skipped = dict(skipped)  # filled while the iterator ran
+    man.notes = {k: v for k, v in (notes or {}).items() if k != "read"}
+    man.read = (notes or {}).get("read", man.prompts + sum(man.skipped.values()))
     man.sha256 = total.hexdigest()
     folder.mkdir(parents=True, exist_ok=True)
     write_json(Path(man.path), man.model_dump())

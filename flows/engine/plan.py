@@ -10,7 +10,7 @@ from flows.recipe import Recipe
 from judges.base import TEMPLATES
 from judges.registry import make_judge
 from serving.endpoint import Endpoint
-from serving.models import model_identity
+from serving.models import model_identity, resolve_model
 
 
 def templates_sha(*names: str) -> str:
@@ -33,6 +33,9 @@ def make_plan(
     crit = recipe.critique if constitution_path else None
     served = recipe.served()
     model_ids = {m.served_name(): model_identity(m.model) for m in served if m.is_local}
+    model_dirs = (
+        {m.served_name(): resolve_model(m.model) for m in served if m.is_local} if recipe.budget else {}
+    )
     stages = ["generate", *(f"judge:{j.key}" for j in recipe.judges)] + (
         ["critique"] if recipe.critique else []
     )
@@ -43,7 +46,8 @@ def make_plan(
         critique_endpoints=endpoints[-1] if crit else [], constitution_path=constitution_path,
         constitution_sha=(f"{constitution_sha}:{templates_sha('constitutional_choice.jinja2')}" if crit else None),
         client=recipe.client, concurrency_share=concurrency_share, prompts_in_flight=recipe.prompts_in_flight,
-        model_ids=model_ids, prices=prices, budget=recipe.budget,
+        model_ids=model_ids, model_dirs=model_dirs, prices=prices, budget=recipe.budget,
+        allow_truncated_chosen=recipe.lints.allow_truncated_chosen,
     )  # fmt: skip
 
 

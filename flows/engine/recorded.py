@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flows.engine.budget import BudgetSpec, Spend
 from flows.engine.journal import Journal
+from flows.engine.token_bound import byte_bound
 from serving.client import LLMClient
 from serving.endpoint import ChatResult, Choice, RequestRejected
 from serving.price import Price
@@ -46,18 +48,21 @@ class StageStats:
 
 
 class Meter:
-    """A stage's view of the run's budget: a request's worst case is held before it is sent, and what
-    it really used is charged after."""
+    """A stage's view of the run's budget: a request's worst case is held before it is sent (waiting
+    while it does not fit next to the requests in flight), and what the endpoint reported is charged after."""
 
-    def __init__(self, spend: Spend, budget: BudgetSpec | None, price: Price | None, share: float) -> None:
-        self.spend, self.budget, self.price, self.share = spend, budget, price, share
+    def __init__(self, spend: Spend, budget: BudgetSpec | None, price: Price | None, share: float,
+                 bound: Callable[[list[dict[str, str]]], int] = byte_bound) -> None:  # fmt: skip
+        self.spend, self.budget, self.price, self.share, self.bound = spend, budget, price, share, bound
 
-    def hold(self, messages: list[dict[str, str]], params: dict[str, Any]) -> tuple[int, float]:
-        """Raise `BudgetReached` if this request's worst case does not fit: its prompt (~4 characters
-        a token) plus `max_tokens` for each of its `n` samples."""
-        prompt = sum(len(m.get("content") or "") for m in messages) // 4 + 8
+    async def hold(self, messages: list[dict[str, str]], params: dict[str, Any]) -> tuple[int, float]:
+        """Its prompt's token bound (flows/engine/token_bound.py) plus `max_tokens` for each of its `n`
+        samples; raises `BudgetReached` when nothing more fits."""
+        if self.budget is None:
+            return 0, 0.0
+        prompt = self.bound(messages)
         completion = int(params.get("max_tokens") or 512) * int(params.get("n") or 1)
-        return self.spend.reserve(self.budget, self.share, self.price, prompt, completion)
+        return await self.spend.reserve(self.budget, self.share, self.price, prompt, completion)
 
     def charge(self, held: tuple[int, float], res: ChatResult | None) -> None:
         if res is None:
@@ -86,7 +91,7 @@ class RecordingClient:
         key = request_key(self.model, body)
         rec = self.journal.get(key)
         if rec is None:
-            held = self.meter.hold(messages, params) if self.meter is not None else (0, 0.0)
+            held = await self.meter.hold(messages, params) if self.meter is not None else (0, 0.0)
             try:
                 res = await self.client.chat(messages, priority=self.priority, **params)
             except BaseException as exc:

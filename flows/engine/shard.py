@@ -26,6 +26,7 @@ from flows.engine.journal import Journal
 from flows.engine.manifest import ShardRef, read_shard
 from flows.engine.recorded import Meter, RecordingClient, StageStats
 from flows.engine.stages import PromptCritic, generate
+from flows.engine.token_bound import byte_bound, prompt_bound
 from flows.recipe import CritiqueSpec, Sampling
 from flows.shards import read_json, write_json
 from judges.registry import AnyJudgeConfig, make_judge
@@ -56,8 +57,12 @@ class ShardPlan(BaseModel):
     concurrency_share: float = Field(default=1.0, gt=0, le=1, description="this process's share (Dask)")
     prompts_in_flight: int | None = None
     model_ids: dict[str, str] = Field(default_factory=dict)  # served name -> identity of a local folder
+    model_dirs: dict[str, str] = Field(
+        default_factory=dict
+    )  # served name -> local folder (budget's tokenizer)
     prices: dict[str, Price] = Field(default_factory=dict)  # stage ("generate", "judge:<key>", ...) -> price
     budget: BudgetSpec | None = None  # not in `fingerprint`: it limits a run, it does not shape data
+    allow_truncated_chosen: bool = False  # `lints.allow_truncated_chosen`: constitution pairs obey it here
 
     def model_key(self, served: str) -> str:
         """What journal keys use for a model: a local folder's content identity, else its name (two
@@ -71,7 +76,7 @@ class ShardPlan(BaseModel):
             "judges": [[j.spec.key, [e.model for e in j.endpoints], j.template_sha] for j in self.judges],
             "critique": self.critique.model_dump(exclude={"judge"}) if self.critique else None,
             "critique_models": [e.model for e in self.critique_endpoints], "constitution": self.constitution_sha,
-            "models": self.model_ids, "format": 3,
+            "models": self.model_ids, "allow_cut": self.allow_truncated_chosen, "format": 4,
         }  # fmt: skip
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -168,7 +173,13 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
             plan.model_key(model),
             stats[stage],
             lambda: progress.advance("requests"),
-            Meter(spend, plan.budget, plan.prices.get(stage), plan.concurrency_share),
+            Meter(
+                spend,
+                plan.budget,
+                plan.prices.get(stage),
+                plan.concurrency_share,
+                prompt_bound(plan.model_dirs.get(model)) if plan.budget else byte_bound,
+            ),
             -chains.get(stage, 0),
         )
 
@@ -179,7 +190,9 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
     critic = None
     if plan.critique is not None and plan.constitution_path:
         eps = plan.critique_endpoints
-        critic = PromptCritic(plan.critique, _constitution(plan), rec("critique", eps[0].model))
+        critic = PromptCritic(
+            plan.critique, _constitution(plan), rec("critique", eps[0].model), plan.allow_truncated_chosen
+        )
     window = asyncio.Semaphore(plan.window())
     results: list[Any] = [None] * len(prompts)
 
@@ -255,9 +268,10 @@ def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
         for key, judgement in judged.items():
             judges[key].tally(res.judges.setdefault(key, {"type": judges[key].type}), judgement)
         if plan.critique is not None:
-            tally_critique(res.critique, crits, labels)
+            tally_critique(res.critique, crits, labels, plan.allow_truncated_chosen)
         cpairs += [{**c.model_dump(), "messages": p.messages + c.chosen}
-                   for c in constitution_pairs(p.messages, p.prompt_id, crits, labels)]  # fmt: skip
+                   for c in constitution_pairs(p.messages, p.prompt_id, crits, labels,
+                                               plan.allow_truncated_chosen)]  # fmt: skip
     res.prompts, res.completions, res.cpairs = (
         len(rows),
         sum(len(r["completions"]) for r in rows),

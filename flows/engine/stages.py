@@ -36,12 +36,13 @@ def skip_reason(exc: RequestRejected) -> str:
 async def generate(
     client: Any, prompt: PromptRow, model: str, sampling: Sampling
 ) -> tuple[list[dict], str | None]:
-    """All samples of one prompt as separate seeded requests in flight together."""
+    """All samples of one prompt as separate seeded requests in flight together. Each carries its sample
+    index, so n requests with equal bodies (`seed: null`) are n journal records, never one replayed n times."""
 
     async def one(i: int) -> dict[str, Any]:
         seed = sample_seed(sampling.seed, prompt.prompt_id, i)
         res = await client.chat(prompt.messages, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, seed=seed)  # fmt: skip
+                                max_tokens=sampling.max_tokens, seed=seed, sample=i)  # fmt: skip
         c = res.choices[0]
         return {"sample_index": i, "model": model, "response": c.text,
                 "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -58,10 +59,11 @@ async def generate(
 class PromptCritic:
     """The constitution stage for one prompt: critique -> revision per completion, and/or labels."""
 
-    def __init__(self, spec: CritiqueSpec, constitution: Constitution, client: Any) -> None:
+    def __init__(self, spec: CritiqueSpec, constitution: Constitution, client: Any,
+                 allow_truncated_chosen: bool = False) -> None:  # fmt: skip
         self.spec = spec
         self.c = constitution
-        self.critic = ConstitutionalCritic(client, constitution, spec.max_tokens)
+        self.critic = ConstitutionalCritic(client, constitution, spec.max_tokens, allow_truncated_chosen)
         self.labeler = ConstitutionalJudge(client, logprobs=True)
 
     async def run(self, prompt: PromptRow, comps: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
@@ -87,4 +89,5 @@ class PromptCritic:
     async def _label(self, prompt: PromptRow, a: dict[str, Any], b: dict[str, Any], p: Any) -> dict[str, Any]:
         res = await self.labeler.label(prompt.prompt, a["response"], b["response"], p)
         return {"i": a["sample_index"], "j": b["sample_index"], "x": a["response"], "y": b["response"],
-                "x_model": a["model"], "y_model": b["model"], **res.model_dump()}  # fmt: skip
+                "x_model": a["model"], "y_model": b["model"], "x_cut": a["finish_reason"] == "length",
+                "y_cut": b["finish_reason"] == "length", **res.model_dump()}  # fmt: skip
