@@ -99,6 +99,27 @@ def lint_section(build: Any, recipe: Any) -> list[str]:
     return out + [""]
 
 
+def ledger_section(build: Any) -> list[str]:
+    """Every prompt, sample and pair the run was given: kept, or dropped with its reason and count."""
+    led = getattr(build, "ledger", None)
+    if led is None:
+        return []
+    lines = ["## Ledger", "", "Everything the run was given is in the datasets or in a named drop; the build "
+             "checks that each line adds up.", "", "| what | given | kept | dropped (why: count) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for name, acc in led.accounts():
+        if not acc.given and name.startswith("pairs (constitution)"):
+            continue
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(acc.dropped.items())) or "-"
+        lines.append(f"| {name} | {acc.given} | {acc.kept} | {why} |")
+    notes = {k: v for k, v in led.notes.items() if v}
+    if notes:
+        lines += ["", "Counted, nothing lost: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in notes.items())
+                  + (" (a `turns` column: only the first turn is generated from)" if "turns_unused" in notes else "")
+                  + "."]  # fmt: skip
+    return [*lines, ""]
+
+
 def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | None = None) -> Path:
     """The card: what produced the data, counts, judge quality figures, length-bias signal."""
     extra = extra or {}
@@ -134,6 +155,7 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
               f"| pairs from the constitution | {build.constitution_pairs} |", ""]  # fmt: skip
     for k, v in (extra.get("skipped") or {}).items():
         lines.insert(-1, f"| prompts skipped: {k} | {v} |")
+    lines += ledger_section(build)
     lines += ["## Judges", "", "| judge | type | model | requests | parse failures | quality |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for key, f in build.judges.items():
@@ -142,9 +164,10 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
                      f"{f['parse_failures']} | {q} |")  # fmt: skip
     lines.append("")
     lines += gate_section(extra.get("gate")) + usage_section(extra.get("usage"))
-    lines += ["Binarisation: rule `{}`, ties {}, min_margin {}, test fraction {} (split by prompt_id).".format(
-        recipe.binarize.rule, "kept" if recipe.binarize.keep_ties else "dropped",
-        recipe.binarize.min_margin, recipe.binarize.test_fraction), ""]  # fmt: skip
+    lines += ["Binarisation: rule `{}`, ties {}, min_margin {} (judge score units), constitution_min_margin {} "
+              "(0-1), test fraction {} (split by prompt_id).".format(
+        recipe.binarize.rule, "kept" if recipe.binarize.keep_ties else "dropped", recipe.binarize.min_margin,
+        recipe.binarize.constitution_min_margin, recipe.binarize.test_fraction), ""]  # fmt: skip
     if build.mean_len_chosen is not None:
         ratio = build.mean_len_chosen / max(build.mean_len_rejected or 1, 1)
         lines += ["## Length bias", "",

@@ -265,8 +265,8 @@ def pipeline_stages(
         for s in eng.shards
     ]
     built, plot = build(out_dir, files, recipe.binarize, spec.plan.score_key(recipe.binarize.score),
-                        spec.plan.uf_features().arrow_schema, prov, figures,
-                        lints=recipe.lints, decontaminate=recipe.decontaminate)  # fmt: skip
+                        spec.plan.uf_features().arrow_schema, prov, figures, lints=recipe.lints,
+                        decontaminate=recipe.decontaminate, ledger=upstream_ledger(spec, eng))  # fmt: skip
     summary.stages["build"] = StageResult(
         stage="build", rows=sum(built.pairs.values()), wall_s=time.monotonic() - t_build
     )

@@ -73,6 +73,15 @@ def lint_line(b: BuildResult) -> str:
     return ", ".join(parts)
 
 
+def ledger_line(b: BuildResult) -> str:
+    """The ledger in one cell (it closed, or the build would have failed): given -> kept, drops counted."""
+    led = b.ledger
+    cand = sum(a.given for a in led.pairs.values())
+    kept = sum(a.kept for a in led.pairs.values())
+    return (f"{led.prompts.given} prompts -> {led.prompts.kept} rows, {led.samples.given} samples -> "
+            f"{led.samples.kept} completions, {cand} candidate pairs -> {kept} pairs; every drop named on the card")  # fmt: skip
+
+
 def closing_table(summary: RunSummary) -> str:
     """What a user wants to see at the end: pairs, judge quality, training effect, where things are."""
     b = summary.build
@@ -85,6 +94,7 @@ def closing_table(summary: RunSummary) -> str:
         if b.constitution_pairs:
             rows.append(("pairs from the constitution", str(b.constitution_pairs)))
         rows.append(("lints", lint_line(b)))
+        rows.append(("ledger", ledger_line(b)))
         for key, f in b.judges.items():
             for label, value in (f.get("headline") or {}).items():
                 rows.append(
