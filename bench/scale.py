@@ -178,6 +178,7 @@ class Bench:
         summary = json.loads((out / "summary.json").read_text())
         counts = row_counts(out)
         return {"n": n, "out": out, "wall_s": wall, "engine": summary.get("engine", {}),
+                "ledger": (summary.get("build") or {}).get("ledger"),
                 "stub_received": after["received"] - before["received"],
                 "resent": after["resent"] - before["resent"], "counts": counts,
                 "pairs": counts["train_prefs"] + counts["test_prefs"]}  # fmt: skip
@@ -212,6 +213,13 @@ def size_line(r: dict[str, Any]) -> str:
             f"uf_rows={r['counts']['ultrafeedback']} pairs={r['pairs']}")  # fmt: skip
     if r["stub_received"] != req:
         line += f"  (stub received {r['stub_received']})"
+    if led := r.get("ledger"):  # the build checked it (a run whose ledger does not close fails)
+        acc = [led["prompts"], led["samples"], *led["pairs"].values(), led["sft"]]
+        closed = all(a["given"] == a["kept"] + sum(a["dropped"].values()) for a in acc)
+        line += (f"\n  ledger closes={closed}: prompts {led['prompts']['given']} -> {led['prompts']['kept']} "
+                 f"{led['prompts']['dropped'] or ''}, samples {led['samples']['given']} -> {led['samples']['kept']}, "
+                 + ", ".join(f"pairs({o}) {a['given']} -> {a['kept']} {a['dropped'] or ''}"
+                             for o, a in led["pairs"].items() if a["given"]))  # fmt: skip
     return line
 
 

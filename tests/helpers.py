@@ -114,3 +114,34 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def journal_lines(out: Path, stage: str | None = None) -> list[dict]:
+    """The raw lines of a run folder's journals, every line as written (duplicates included, nothing
+    deduped), optionally of one stage. Safe while a run appends: an unfinished last line (no newline
+    yet, or torn by a kill -9) is left out, as `Journal` itself cuts it on reopen."""
+    import json
+
+    recs = []
+    for j in sorted(out.glob("shards/*/journal.jsonl")):
+        data = j.read_bytes()
+        for line in data[: data.rfind(b"\n") + 1].splitlines():
+            rec = json.loads(line)
+            if stage is None or rec["s"] == stage:
+                recs.append(rec)
+    return recs
+
+
+def wait_for(condition, timeout_s: float, what, interval_s: float = 0.05) -> None:
+    """Poll `condition()` until it is true; fail naming `what` (a string, or a callable that says what
+    was seen by then) after `timeout_s`. Make it generous: the deadline only bounds a hang, it must
+    never decide the outcome on a busy machine."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout_s:.0f}s waiting for {what() if callable(what) else what}"
+            )
+        time.sleep(interval_s)

@@ -11,7 +11,7 @@ import pytest
 import tests.length_judge  # noqa: F401 - registers the `chars` judge
 from flows.cli import main
 from serving.price import Price
-from tests.helpers import journal_records, write_jsonl
+from tests.helpers import journal_lines, journal_records, write_jsonl
 from tests.stubs import FaultProxy
 
 PROMPTS = [{"prompt": "Name a fruit that is yellow."}, {"prompt": "What is 3 times 4?"},
@@ -126,11 +126,19 @@ def test_budget_stops_cleanly_and_a_rerun_finishes_without_resending(vllm_server
     assert not (out / "build.json").exists()
     done = journal_records(out)
     assert 0 < len(done) < requests
+    # the cap holds on what the server reported for every request it answered (all journalled), and
+    # the run used its budget: it stops when the next request's worst case no longer fits, not at the
+    # first request that does not fit next to those in flight (that stopped at a few percent)
+    used = sum(r["pt"] + r["ct"] for r in done)
+    sent = int(err.split("this run sent ")[1].split(" tokens")[0].replace(",", ""))
+    assert sent == used <= total // 2
+    worst = 2 * max(r["pt"] for r in done) + 64  # a generous worst case for the request that did not fit
+    assert used >= total // 2 - worst
     # without the budget: only what is missing is sent, nothing twice
     plain = priced_recipe(tmp_path, vllm_server.port)
     assert main(["run", str(plain), "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())
     sent = sum(u["requests"] for u in again["usage"].values())
     assert sent == requests - len(done)
-    keys = [r["k"] for r in journal_records(out)]
+    keys = [r["k"] for r in journal_lines(out)]  # raw lines: a key written twice is not deduped away
     assert len(keys) == len(set(keys)) == requests
