@@ -77,6 +77,26 @@ def test_seed_null_kill_after_generation_rerun_keeps_completions_distinct(tmp_pa
     assert len({r["k"] for r in journal_records(out, "generate")}) == 16  # one record per sample
 
 
+def test_shard_files_deleted_under_a_prefect_cache_are_made_again(tmp_path, capsys):
+    """Prefect's task cache (OUT/.prefect) outlives a deleted shard's files: the shard is assembled
+    again from its journal (it used to crash the build with a FileNotFoundError traceback)."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Name thing number {i}."} for i in range(3)])
+    with CountingChatStub(mode="unique") as stub:
+        recipe = policy_recipe(tmp_path, stub.base_url, prompts, "{n: 2, seed: 3, max_tokens: 16}")
+        out = tmp_path / "out"
+        assert main(["run", str(recipe), "--out", str(out)]) == 0
+        first = [{k: v for k, v in r.items() if k != "provenance"} for r in uf_rows(out)]
+        for f in [
+            *out.glob("shards/*/result-*.json"),
+            *out.glob("shards/*/rows-*.parquet"),
+            out / "build.json",
+        ]:
+            f.unlink()
+        assert main(["run", str(recipe), "--out", str(out)]) == 0
+        assert stub.received == 6  # nothing sent again: the journal answered
+    assert [{k: v for k, v in r.items() if k != "provenance"} for r in uf_rows(out)] == first
+
+
 # --------------------------------------------------------------------------- 2. chats as prompts
 
 

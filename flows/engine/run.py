@@ -189,6 +189,10 @@ def run_shards(spec: RunSpec) -> EngineResult:
         res.task_runs = len(futures)
         for fut in as_completed(futures):
             r = fut.result()
+            if not (Path(r.rows_path).exists() and Path(r.cpairs_path).exists()):
+                # Prefect's cache answered for a shard whose files were deleted since: do it again
+                # (its journal still answers every request it has)
+                r = run_shard(man.shards[r.index], plan)
             if fut.state.name == "Cached" or r.cached:
                 r = r.model_copy(update={"cached": True})
             if r.cached or not in_process:  # in-process shards advance the bar prompt by prompt
