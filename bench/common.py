@@ -17,7 +17,7 @@ MT_BENCH = ROOT.parent / "shared" / "data" / "mt_bench_questions.jsonl"
 
 
 def bench_prompts(n: int):  # noqa: ANN201 - list[PromptRow]
-    from flows.prompts import load_prompts
+    from flows.dataset.prompts import load_prompts
 
     if MT_BENCH.exists():
         return load_prompts(str(MT_BENCH), column="turns", limit=n).rows

@@ -32,7 +32,7 @@ from common import MT_BENCH, ROOT, LoadSampler, bench_prompts, fresh_server, loa
 
 from flows.engine.stages import PromptCritic, generate
 from flows.recipe import CritiqueSpec, Sampling
-from judges.constitution import load_constitution
+from judges.constitution_file import load_constitution
 from judges.registry import make_judge, parse_judge_config
 from serving.client import LLMClient
 from serving.endpoint import ClientConfig, Endpoint

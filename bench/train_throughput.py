@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common import bench_prompts
 
-from flows.binarize import PairRow
+from flows.dataset.binarize import PairRow
 from trainers import dpo, reward
 
 

@@ -12,81 +12,38 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, Field
 
-from flows.card import plot_report, write_card
-from flows.dataset.build import BuildResult, ShardFiles, build, provenance, sum_tallies
-from flows.dataset.ledger import Ledger
-from flows.endpoints import live_endpoints
-from flows.engine.budget import Usage
-from flows.engine.manifest import Manifest, write_manifest
-from flows.engine.plan import make_plan
-from flows.engine.run import (
-    EngineResult,
+from flows.dataset.atomic_files import check_writable, write_json
+from flows.dataset.build import ShardFiles, build, provenance, sum_tallies
+from flows.dataset.card import plot_report, write_card
+from flows.dataset.prompts import iter_prompts, resolve_path
+from flows.engine.dispatch import (
     RunSpec,
     all_finished,
     api_for_workers,
     dask_share,
-    load_manifest,
     peak_rss_mb,
     run_shards,
     start_prefect_api,
     task_runner,
     tune_gc,
 )
-from flows.gate import Gate, GateFailed
-from flows.prompts import iter_prompts, resolve_path
+from flows.engine.live_endpoints import live_endpoints
+from flows.engine.manifest import Manifest, write_manifest
+from flows.engine.plan import make_plan
+from flows.engine.summary import (
+    RunSummary,
+    StageResult,
+    publish_artifacts,
+    stage_results,
+    upstream_ledger,
+    usage_table,
+)
+from flows.evals.gate import Gate, GateFailed
 from flows.recipe import Recipe
-from flows.shards import check_writable, write_json
 from judges.registry import make_judge
 from serving import metrics
-from serving.price import Price
 from serving.shared import total_counters
-
-
-class StageResult(BaseModel):
-    """One stage's figures in the summary (stages overlap: `wall_s` is the engine's span)."""
-
-    stage: str
-    rows: int = 0
-    prompts: int = 0
-    skipped: dict[str, int] = Field(default_factory=dict)
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0  # answered from the server's prefix cache (vLLM, OpenAI report it)
-    completion_tokens: int = 0
-    requests: int = 0  # sent in this run (0 when everything came from the journal/cache)
-    replayed: int = 0  # answered from the journal
-    new_completion_tokens: int = 0
-    wall_s: float = 0.0
-
-    def tokens_per_s(self) -> float:
-        return self.new_completion_tokens / self.wall_s if self.wall_s else 0.0
-
-
-class RunSummary(BaseModel):
-    """What a run did; written to OUT/summary.json and published as Prefect artifacts."""
-
-    name: str
-    out_dir: str
-    stages: dict[str, StageResult] = Field(default_factory=dict)
-    build: BuildResult | None = None
-    train: dict[str, Any] | None = None
-    engine: dict[str, Any] = Field(default_factory=dict)
-    usage: dict[str, Usage] = Field(default_factory=dict)  # per stage and judge: tokens, cache hits, cost
-    gate: dict[str, Any] | None = None  # flows.gate.GateResult
-    prefix_cache: dict[str, dict[str, Any]] = Field(default_factory=dict)  # vLLM /metrics, per endpoint
-    stopped: str | None = None  # why the run stopped before its datasets (e.g. "gate failed")
-    wall_s: float = 0.0
-    client: dict[str, Any] = Field(default_factory=dict)
-
-    def one_line(self) -> str:
-        g = self.stages.get("generate")
-        b = self.build
-        pairs = sum(v for k, v in (b.pairs if b else {}).items() if k.endswith("prefs"))
-        tps = g.tokens_per_s() if g else 0.0
-        return (f"done: {g.prompts if g else 0} prompts, {g.rows if g else 0} completions, "
-                f"{g.completion_tokens if g else 0} tokens ({tps:.1f} tokens/s), {pairs} pairs "
-                f"in {self.wall_s:.0f}s -> {self.out_dir}")  # fmt: skip
 
 
 def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> Manifest:
@@ -109,7 +66,7 @@ def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -
 def constitution_ref(recipe: Recipe, recipe_dir: Path | None) -> tuple[Any, str | None]:
     if recipe.critique is None:
         return None, None
-    from judges.constitution import load_constitution
+    from judges.constitution_file import load_constitution
 
     path = resolve_path(recipe.critique.constitution, recipe_dir)
     return load_constitution(path), str(path.resolve())
@@ -158,7 +115,7 @@ def run_pipeline(
             summary.prefix_cache = metrics.hit_rates(before, metrics.snapshot(urls))
             write_json(out / "summary.json", summary.model_dump())
     if recipe.train is not None:
-        from flows.train import train_after_build
+        from flows.training.train_flow import train_after_build
 
         summary.train = train_after_build(recipe, out)
         write_json(out / "summary.json", summary.model_dump())
@@ -175,64 +132,6 @@ def run_gate(gate: Gate, recipe: Recipe, out: Path, no_gate: bool) -> dict[str, 
                                                      stopped="gate failed").model_dump())  # fmt: skip
         raise
     return res.model_dump()
-
-
-def usage_table(eng: EngineResult, prices: dict[str, Price]) -> dict[str, Usage]:
-    """Tokens, prefix-cache hits and cost per stage and per judge ("generate", "judge:<key>", ...)."""
-    out: dict[str, Usage] = {}
-    for s in eng.shards:
-        for name, st in s.stages.items():
-            out.setdefault(name, Usage()).add(st, s.cached)
-    for name, u in out.items():
-        u.price(prices.get(name))
-    return out
-
-
-def stage_results(eng: EngineResult) -> dict[str, StageResult]:
-    out: dict[str, StageResult] = {}
-    for s in eng.shards:
-        for name, st in s.stages.items():
-            stage = "judge" if name.startswith("judge:") else name
-            r = out.setdefault(stage, StageResult(stage=stage, wall_s=eng.wall_s))
-            r.cached_prompt_tokens += st.get("cached_prompt_tokens", 0)
-            r.prompt_tokens += st["prompt_tokens"]
-            r.completion_tokens += st["completion_tokens"]
-            r.replayed += st["replayed"] if not s.cached else st["sent"] + st["replayed"]
-            if not s.cached:
-                r.requests += st["sent"]
-                r.new_completion_tokens += st["new_completion_tokens"]
-    gen = out.setdefault("generate", StageResult(stage="generate", wall_s=eng.wall_s))
-    gen.prompts = sum(s.prompts for s in eng.shards)
-    gen.rows = sum(s.completions for s in eng.shards)
-    gen.skipped = dict(eng.skipped)
-    if "judge" in out:
-        out["judge"].rows = gen.prompts
-        pf = sum(int(t.get("parse_failures", 0)) for s in eng.shards for t in s.judges.values())
-        if pf:
-            out["judge"].skipped["parse_failures"] = pf
-    if "critique" in out:
-        crit = sum_tallies(s.critique for s in eng.shards)
-        out["critique"].rows = int(crit.get("rows", 0))
-        out["critique"].skipped = {k: int(v) for k, v in crit.get("skipped", {}).items()}
-    return out
-
-
-def upstream_ledger(spec: RunSpec, eng: EngineResult) -> Ledger:
-    """What the build is accountable for: prompts read (and dropped on input or at generation), samples
-    asked (n per prompt sent), constitution candidates (a critique or label each) and the shards' drops."""
-    man = load_manifest(spec.manifest_path, spec.manifest_sha256)
-    n = spec.plan.sampling.n
-    led = Ledger(notes=dict(man.notes))
-    led.prompts.given = man.read
-    led.prompts.drops(man.skipped, "input:")
-    led.samples.given = n * man.prompts
-    for s in eng.shards:
-        led.prompts.drops(s.skipped, "generate:")
-        led.samples.drops({why: n * k for why, k in s.skipped.items()}, "prompt rejected at generation: ")
-        const = led.origin("constitution")
-        const.given += int(s.critique.get("rows", 0))
-        const.drops(s.critique.get("skipped", {}))
-    return led
 
 
 @flow(name="rlaif-run")
@@ -306,34 +205,6 @@ def run_generate(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> R
     """`rlaif generate`: the pipeline with no judges, critique or training (completions only)."""
     gen_only = recipe.model_copy(update={"judges": [], "critique": None, "train": None})
     return run_pipeline(gen_only, out, recipe_dir)
-
-
-def stage_table(summary: RunSummary) -> list[dict[str, Any]]:
-    return [{"stage": name, "rows": st.rows, "requests": st.requests, "replayed": st.replayed,
-             "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-             "wall_s": round(st.wall_s, 1), "new_completion_tokens": st.new_completion_tokens,
-             "tokens_per_s": round(st.tokens_per_s(), 1), "skipped": st.skipped}
-            for name, st in summary.stages.items()]  # fmt: skip
-
-
-def publish_artifacts(summary: RunSummary) -> None:
-    """A markdown summary and a per-stage table as Prefect artifacts (no secrets in them)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    table = stage_table(summary)
-    md = [f"# rlaif run `{summary.name}`", "", summary.one_line(), "",
-          "| stage | rows | requests | tokens | tokens/s | wall s | skipped |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in table:
-        md.append(f"| {r['stage']} | {r['rows']} | {r['requests']} | {r['completion_tokens']} | "
-                  f"{r['tokens_per_s']} | {r['wall_s']} | {r['skipped'] or ''} |")  # fmt: skip
-    if summary.build:
-        for key, f in summary.build.judges.items():
-            md.append(
-                f"\n- judge `{key}` ({f['type']}): parse failures {f['parse_failures']}; {f.get('quality', '')}"
-            )
-    key = "".join(ch if ch.isalnum() else "-" for ch in summary.name.lower())
-    create_markdown_artifact("\n".join(md), key=f"rlaif-{key}-summary", description="rlaif run")
-    create_table_artifact(table, key=f"rlaif-{key}-stages", description="per-stage figures")
 
 
 def dated_folder(base: Path) -> Path:

@@ -20,8 +20,6 @@ from pydantic import (
     model_validator,
 )
 
-from flows.engine.budget import BudgetSpec
-from flows.rounds.spec import RoundsSpec
 from judges.contract import JudgeConfig
 from judges.registry import AnyJudgeConfig
 from serving.config_files import describe_error, field_error, load_model
@@ -99,6 +97,39 @@ class LintSpec(_Strict):
         default=False, description="drop later exact/near-duplicate prompts (default: counted, kept)"
     )
     decontaminate_ngram: int = Field(default=13, ge=1, description="word n-gram length for decontaminate")
+
+
+class BudgetSpec(_Strict):
+    """`budget:` in a recipe: the most this run may send, in tokens (prompt + completion) or USD."""
+
+    tokens: int | None = Field(default=None, ge=1, description="prompt + completion tokens sent by this run")
+    usd: float | None = Field(default=None, gt=0, description="USD spent by this run (needs `price:`)")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> BudgetSpec:
+        if self.tokens is None and self.usd is None:
+            raise ValueError("name `tokens:` or `usd:` (or leave `budget:` out)")
+        return self
+
+
+class RoundsSpec(_Strict):
+    """`rounds:` on-policy rounds: how many, which prompts each round gets, where the trained policy is
+    served, and (for an external policy endpoint) the command that loads new weights there."""
+
+    count: int = Field(default=2, ge=1, le=100, description="rounds `rlaif iterate` runs (--rounds)")
+    prompts_per_round: int | None = Field(
+        default=None, ge=1, description="fresh prompts per round; default: the pool after eval // count"
+    )
+    same_prompts: bool = Field(default=False, description="every round answers the same prompts")
+    eval_prompts: int = Field(default=8, ge=1, description="held-out prompts for the win rates")
+    eval_max_tokens: int = Field(default=96, ge=1, description="answer length on the held-out prompts")
+    port: int = Field(default=8766, ge=1, le=65535, description="local server of the trained policies")
+    seed: int = Field(default=0, description="seed of the prompt split")
+    reload_command: str | None = Field(
+        default=None,
+        description="external policy only: a command run before each round >= 2 that makes the endpoint "
+        "serve the new weights; {model} = the trained folder, {name} = its name@hash",
+    )
 
 
 DECONTAMINATE_FORMATS = (".jsonl", ".json", ".parquet", ".csv")

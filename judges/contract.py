@@ -109,7 +109,7 @@ class Judge(ABC):
 
     def fingerprint(self) -> str:
         """What this judge's answers depend on: its config (not its endpoint) and its templates."""
-        from judges.base import TEMPLATES
+        from judges.helpers import TEMPLATES
 
         h = hashlib.sha256(self.config.model_dump_json(exclude={"judge", "name"}).encode())
         for name in self.templates:

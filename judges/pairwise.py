@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from judges.base import choice_probability, clip, parse_json_object, render
 from judges.contract import Judge, JudgeConfig, Judgement, Preference, VerdictRow, add
+from judges.helpers import choice_probability, clip, parse_json_object, render
 from serving.endpoint import RequestRejected
 
 Verdict = Literal["A", "B", "tie"]

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from judges.base import clip, parse_json_object, render, scan_ratings, seeded_order
 from judges.contract import Judge, JudgeConfig, Judgement, Preference, add
+from judges.helpers import clip, parse_json_object, render, scan_ratings, seeded_order
 from serving.endpoint import RequestRejected
 
 ASPECTS: dict[str, str] = {

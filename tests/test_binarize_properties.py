@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.binarize import BinarizeStats, binarize_prompt
+from flows.dataset.binarize import BinarizeStats, binarize_prompt
 from flows.recipe import BinarizeSpec
 
 RULES = ("best-vs-random-lower", "best-vs-worst", "all-pairs")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from judges.constitution import load_constitution
+from judges.constitution_file import load_constitution
 from serving.errors import ConfigError
 
 GOOD = """name: t

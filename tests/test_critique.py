@@ -8,11 +8,11 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from flows.dataset.prompts import iter_prompts
 from flows.engine.manifest import write_manifest
 from flows.engine.shard import ShardPlan, run_shard
-from flows.prompts import iter_prompts
 from flows.recipe import CritiqueSpec, Sampling
-from judges.constitution import load_constitution
+from judges.constitution_file import load_constitution
 from serving.endpoint import Endpoint
 from tests.helpers import journal_lines, write_jsonl
 from tests.stubs import FaultProxy

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from flows.dataset.prompts import iter_prompts
 from flows.engine.journal import Journal
 from flows.engine.manifest import read_shard, write_manifest
 from flows.engine.recorded import RecordingClient, StageStats
-from flows.prompts import iter_prompts
 from serving.endpoint import ChatResult, Choice, RequestRejected
 from tests.helpers import write_jsonl
 
@@ -40,8 +40,8 @@ def test_manifest_shards_prompts_and_passes_only_references(tmp_path):
     again = write_manifest(iter_prompts(str(data)), {}, tmp_path / "run", 256, str(data))
     assert again.sha256 == man.sha256  # content hash, stable
 
+    from flows.engine.dispatch import RunSpec
     from flows.engine.plan import make_plan
-    from flows.engine.run import RunSpec
     from flows.recipe import Recipe
 
     recipe = Recipe.model_validate({"judges": [{"type": "ultrafeedback"}, {"type": "pairwise"}]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.cli import main
-from flows.prompts import prompt_id_for
+from flows.dataset.prompts import prompt_id_for
 from tests.helpers import journal_records, metric, uf_rows, write_jsonl
 
 FIELDS = {"sample_index", "model", "response", "sampling", "finish_reason", "completion_tokens"}

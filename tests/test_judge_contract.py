@@ -10,7 +10,7 @@ from typing import Literal
 
 from datasets import load_from_disk
 
-from flows.judge_eval import LabelledPair, evaluate
+from flows.evals.judge_eval import LabelledPair, evaluate
 from flows.pipeline import run_pipeline
 from flows.recipe import load_recipe
 from judges.contract import Judge, JudgeConfig, Judgement

@@ -14,8 +14,8 @@ import pytest
 
 import tests.length_judge  # noqa: F401 - registers the `chars` judge
 from flows.cli import main
-from flows.judge_eval import JudgeEval, LabelledPair, bootstrap_ci, evaluate, load_pairs
-from judges.constitutional import ConstitutionLabelConfig, ConstitutionLabelJudge
+from flows.evals.judge_eval import JudgeEval, LabelledPair, bootstrap_ci, evaluate, load_pairs
+from judges.constitution_judge import ConstitutionLabelConfig, ConstitutionLabelJudge
 from judges.contract import Judge, JudgeConfig, Judgement, Preference
 from serving.errors import DataError
 from tests.helpers import write_jsonl

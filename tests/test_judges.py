@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from flows.judge_eval import evaluate, load_pairs
+from flows.evals.judge_eval import evaluate, load_pairs
 from judges.pairwise import PairwiseConfig, PairwiseJudge
 from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge
 from serving.client import LLMClient

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
+from flows.dataset.prompts import PromptRow
 from flows.dataset.rows import prompt_row
-from flows.prompts import PromptRow
 from judges.contract import Judgement, VerdictRow
 from judges.pairwise import PairwiseConfig, PairwiseJudge
 from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from flows.binarize import BinarizeStats, binarize_prompt, candidate_pairs
+from flows.dataset.binarize import BinarizeStats, binarize_prompt, candidate_pairs
 from flows.recipe import BinarizeSpec
-from judges.base import choice_probability
+from judges.helpers import choice_probability
 from judges.pairwise import OrderedVerdict, combine
 
 RULES = ("best-vs-random-lower", "best-vs-worst", "all-pairs")

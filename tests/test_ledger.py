@@ -15,8 +15,8 @@ import pytest
 import tests.length_judge  # noqa: F401 - registers the `chars` judge
 from flows.cli import main
 from flows.dataset.ledger import Account, Ledger, LedgerError
+from flows.dataset.prompts import prompt_id_for
 from flows.engine.stages import sample_seed
-from flows.prompts import prompt_id_for
 from tests.helpers import write_jsonl
 from tests.stubs import StubServer, chat_body
 

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_from_disk
 
-from flows.binarize import BinarizeStats, binarize_prompt, verdict_probabilities
-from flows.card import write_card
+from flows.dataset.binarize import BinarizeStats, binarize_prompt, verdict_probabilities
 from flows.dataset.build import ShardFiles, build
+from flows.dataset.card import write_card
 from flows.dataset.lints import Linter, ngrams
 from flows.dataset.rows import constitution_pairs
 from flows.dataset.schema import binarized_features, uf_features

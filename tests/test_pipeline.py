@@ -75,7 +75,7 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
     assert not [p for p in out.rglob("*") if p.name.startswith(".build-")]
     assert summary["train"]["method"] == "sft" and Path(summary["train"]["output"]) == out / "models" / "sft"
     assert (out / "models" / "sft" / "config.json").exists()
-    from judges.constitution import load_constitution
+    from judges.constitution_file import load_constitution
 
     assert "## Constitution" in card and load_constitution(constitution).sha256[:16] in card
     assert summary["stages"]["critique"]["rows"] == 9  # one sampled principle per completion

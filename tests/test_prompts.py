@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from flows.prompts import load_prompts, prompt_id_for
+from flows.dataset.prompts import load_prompts, prompt_id_for
 from serving.errors import DataError
 from tests.helpers import MT_BENCH, write_jsonl
 

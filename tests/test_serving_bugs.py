@@ -97,7 +97,7 @@ def test_running_server_is_reused_only_for_the_same_folder(tmp_path):
 
 
 def test_live_endpoints_share_one_server_per_folder_whatever_its_spelling(tmp_path, monkeypatch):
-    from flows.endpoints import live_endpoints
+    from flows.engine.live_endpoints import live_endpoints
     from flows.recipe import ServedModel
 
     a = _model_folder(tmp_path / "a", 64)
@@ -178,8 +178,8 @@ def test_bad_request_400_is_journalled_and_replayed_without_a_send(tmp_path):
 
 
 def test_auth_rejection_fails_the_shard_instead_of_skipping_the_prompt(tmp_path):
+    from flows.dataset.prompts import PromptRow
     from flows.engine.stages import generate
-    from flows.prompts import PromptRow
     from flows.recipe import Sampling
 
     sw = _Switchable(401)

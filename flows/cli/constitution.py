@@ -12,7 +12,7 @@ from serving.errors import RlaifError
 
 
 def cmd_constitution_check(args: argparse.Namespace) -> int:
-    from judges.constitution import load_constitution
+    from judges.constitution_file import load_constitution
 
     failed = 0
     for f in args.files:

@@ -9,8 +9,8 @@ import argparse
 def cmd_iterate(args: argparse.Namespace) -> int:
     from flows.cli.run import load_with_overrides
     from flows.rounds.flow import iterate_flow
+    from flows.rounds.loop import RoundResult
     from flows.rounds.report import rounds_table
-    from flows.rounds.run import RoundResult
     from serving.errors import RlaifError
 
     _, out = load_with_overrides(args)  # a bad recipe fails here, before Prefect starts

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def pick_judge(args: argparse.Namespace, recipe: Recipe) -> tuple[JudgeConfig, type[Judge]]:
     """The judge config and class that `--judge` names: a judge of the recipe, the constitution label
     judge (`--constitution FILE`, or the recipe's `critique:`), or a registered judge type."""
-    from judges.constitutional import ConstitutionLabelConfig, ConstitutionLabelJudge
+    from judges.constitution_judge import ConstitutionLabelConfig, ConstitutionLabelJudge
     from judges.registry import judge_class, parse_judge_config
     from serving.errors import ConfigError
 
@@ -45,10 +45,10 @@ def pick_judge(args: argparse.Namespace, recipe: Recipe) -> tuple[JudgeConfig, t
 
 
 def cmd_judge_eval(args: argparse.Namespace) -> int:
-    from flows.endpoints import live_endpoints
-    from flows.judge_eval import JudgeEval, evaluate, format_table, load_pairs
+    from flows.dataset.atomic_files import atomic_write_text, check_writable
+    from flows.engine.live_endpoints import live_endpoints
+    from flows.evals.judge_eval import JudgeEval, evaluate, format_table, load_pairs
     from flows.recipe import Recipe, load_recipe
-    from flows.shards import atomic_write_text, check_writable
     from serving.errors import ConfigError
     from serving.shared import run_sync, shared_client
 

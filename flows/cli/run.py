@@ -13,7 +13,7 @@ from serving.errors import RlaifError
 
 if TYPE_CHECKING:
     from flows.dataset.build import BuildResult
-    from flows.pipeline import RunSummary
+    from flows.engine.summary import RunSummary
     from flows.recipe import Recipe
 
 
@@ -116,7 +116,7 @@ def closing_table(summary: RunSummary) -> str:
         rows.append((f"tokens {key}", f"{u.prompt_tokens:,} prompt ({'-' if hit is None else f'{hit:.0%}'} "
                      f"cached) + {u.completion_tokens:,} completion{cost}"))  # fmt: skip
     if summary.gate:
-        from flows.gate import GateResult
+        from flows.evals.gate import GateResult
 
         g = GateResult.model_validate(summary.gate)
         rows.append(("judge gate", g.line() + (" (overridden by --no-gate)" if g.overridden else "")))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.train import train_method
+    from flows.training.train_flow import train_method
 
     output = args.output or str(Path(args.dataset) / "models" / args.method)
     path = train_method(
@@ -23,7 +23,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_policy(args: argparse.Namespace) -> int:
-    from flows.eval_policy import eval_policy
+    from flows.evals.policy_eval import eval_policy
 
     result = eval_policy(args.model, args.baseline, args.prompts, column=args.column, limit=args.limit,
                          judge_recipe=args.recipe, max_tokens=args.max_tokens, port=args.port)  # fmt: skip

@@ -23,13 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from flows.binarize import BinarizeStats, best_of_n, binarize_prompt, is_test, verdict_probabilities
+from flows.dataset.atomic_files import read_json, write_json
+from flows.dataset.binarize import BinarizeStats, best_of_n, binarize_prompt, is_test, verdict_probabilities
 from flows.dataset.ledger import Account, Ledger
 from flows.dataset.lints import Linter, LintReport, lint_fingerprint
 from flows.dataset.rows import merge
 from flows.dataset.schema import binarized_features
 from flows.recipe import BinarizeSpec, LintSpec
-from flows.shards import read_json, write_json
 
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
 

@@ -1,7 +1,7 @@
 """Lints on the built dataset, streamed with `build`: duplicate and near-duplicate prompts (MinHash LSH),
 decontamination against eval prompt sets (word n-gram overlap), empty or identical pairs, length bias.
 
-Truncated answers are handled where pairs are picked (`flows/binarize.py`); their count is kept here.
+Truncated answers are handled where pairs are picked (`flows/dataset/binarize.py`); their count is kept here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flows.binarize import truncated
+from flows.dataset.binarize import truncated
 from flows.recipe import LintSpec
 from serving.errors import DataError
 
@@ -77,7 +77,7 @@ def eval_texts(path: Path) -> Iterator[str]:
     the prompt readers; the column is the first of PROMPT_COLUMNS it has; a list is joined."""
     import datasets
 
-    from flows.prompts import _load_dataset
+    from flows.dataset.prompts import _load_dataset
 
     if path.is_dir():
         try:

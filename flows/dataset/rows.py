@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.binarize import PairRow
+from flows.dataset.binarize import PairRow
 from judges.contract import Judgement, add
 
 

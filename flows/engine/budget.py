@@ -10,25 +10,11 @@ import asyncio
 import threading
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 
+from flows.recipe import BudgetSpec
 from serving.errors import RlaifError
 from serving.price import Price
-
-
-class BudgetSpec(BaseModel):
-    """`budget:` in a recipe: the most this run may send, in tokens (prompt + completion) or USD."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tokens: int | None = Field(default=None, ge=1, description="prompt + completion tokens sent by this run")
-    usd: float | None = Field(default=None, gt=0, description="USD spent by this run (needs `price:`)")
-
-    @model_validator(mode="after")
-    def _one_limit(self) -> BudgetSpec:
-        if self.tokens is None and self.usd is None:
-            raise ValueError("name `tokens:` or `usd:` (or leave `budget:` out)")
-        return self
 
 
 class BudgetReached(RlaifError):

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from flows.prompts import PromptRow
-from flows.shards import read_json, write_json
+from flows.dataset.atomic_files import read_json, write_json
+from flows.dataset.prompts import PromptRow
 
 PROMPT_SCHEMA = pa.schema([
     ("prompt_id", pa.string()), ("prompt", pa.string()),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flows.engine.shard import JudgeRun, ShardPlan
 from flows.recipe import Recipe
-from judges.base import TEMPLATES
+from judges.helpers import TEMPLATES
 from judges.registry import make_judge
 from serving.endpoint import Endpoint
 from serving.models import model_identity, resolve_model

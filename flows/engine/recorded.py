@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flows.engine.budget import BudgetSpec, Spend
+from flows.engine.budget import Spend
 from flows.engine.journal import Journal
 from flows.engine.token_bound import byte_bound
+from flows.recipe import BudgetSpec
 from serving.client import LLMClient
 from serving.endpoint import ChatResult, Choice, RequestRejected
 from serving.price import Price

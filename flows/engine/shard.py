@@ -18,17 +18,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from flows import progress
+from flows.dataset.atomic_files import read_json, write_json
 from flows.dataset.rows import constitution_pairs, prompt_row, tally_critique
 from flows.dataset.schema import binarized_features, uf_features
-from flows.engine.budget import BudgetSpec, spend_for
+from flows.engine import progress
+from flows.engine.budget import spend_for
 from flows.engine.journal import Journal
 from flows.engine.manifest import ShardRef, read_shard
 from flows.engine.recorded import Meter, RecordingClient, StageStats
 from flows.engine.stages import PromptCritic, generate
 from flows.engine.token_bound import byte_bound, prompt_bound
-from flows.recipe import CritiqueSpec, Sampling
-from flows.shards import read_json, write_json
+from flows.recipe import BudgetSpec, CritiqueSpec, Sampling
 from judges.registry import AnyJudgeConfig, make_judge
 from serving.endpoint import ClientConfig, Endpoint
 from serving.price import Price
@@ -152,7 +152,7 @@ def _scaled(endpoints: list[Endpoint], share: float) -> list[Endpoint]:
 
 
 def _constitution(plan: ShardPlan) -> Any:
-    from judges.constitution import load_constitution
+    from judges.constitution_file import load_constitution
 
     return load_constitution(Path(plan.constitution_path or ""))
 

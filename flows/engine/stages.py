@@ -11,10 +11,10 @@ import asyncio
 import hashlib
 from typing import Any
 
-from flows.prompts import PromptRow
+from flows.dataset.prompts import PromptRow
 from flows.recipe import CritiqueSpec, Sampling
-from judges.constitution import Constitution
-from judges.constitutional import ConstitutionalCritic, ConstitutionalJudge, pick_principles
+from judges.constitution_file import Constitution
+from judges.constitution_judge import ConstitutionalCritic, ConstitutionalJudge, pick_principles
 from serving.endpoint import RequestRejected
 
 

@@ -15,7 +15,7 @@ def iterate_flow(
 ) -> dict:  # fmt: skip
     """Rounds 1..count of the recipe (finished ones read back); paths and numbers in, never rows."""
     from flows.recipe import load_recipe
-    from flows.rounds.run import iterate
+    from flows.rounds.loop import iterate
 
     recipe = load_recipe(recipe_path)
     if limit:

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.shards import atomic_write_text
+from flows.dataset.atomic_files import atomic_write_text
 
 if TYPE_CHECKING:
-    from flows.rounds.run import RoundResult
+    from flows.rounds.loop import RoundResult
 
 MARK = "\n## On-policy round\n"
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from flows.eval_policy import answers, judge_ab, wilson
-from flows.prompts import PromptRow
-from flows.shards import atomic_write_text
+from flows.dataset.atomic_files import atomic_write_text
+from flows.dataset.prompts import PromptRow
+from flows.evals.policy_eval import answers, judge_ab, wilson
 from serving.endpoint import ClientConfig
 from serving.served import ServedModel
 

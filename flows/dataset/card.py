@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.card_checks import gate_section, usage_section
-from flows.shards import atomic_write_text
+from flows.dataset.atomic_files import atomic_write_text
+from flows.dataset.card_checks import gate_section, usage_section
 
 SMALL_JUDGE_WARNING = (
     "**The default judge is SmolLM2-135M-Instruct, a tiny model.** It runs everything offline, but "

@@ -8,8 +8,8 @@ import math
 
 from pydantic import BaseModel
 
-from flows.endpoints import live_endpoints
-from flows.prompts import PromptRow, load_prompts
+from flows.dataset.prompts import PromptRow, load_prompts
+from flows.engine.live_endpoints import live_endpoints
 from flows.recipe import Recipe, ServedModel, load_recipe
 from judges.contract import both_orders
 from judges.pairwise import PairwiseConfig

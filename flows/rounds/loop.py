@@ -14,11 +14,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from flows.prompts import PromptRow, load_prompts
-from flows.recipe import Recipe, TrainSpec
-from flows.rounds.spec import RoundsSpec
-from flows.rounds.winrate import WinRate, policy_answers, win_rate
-from flows.shards import atomic_write_text, check_writable
+from flows.dataset.atomic_files import atomic_write_text, check_writable
+from flows.dataset.prompts import PromptRow, load_prompts
+from flows.evals.win_rate import WinRate, policy_answers, win_rate
+from flows.recipe import Recipe, RoundsSpec, TrainSpec
 from serving.errors import ConfigError, ModelError, RlaifError
 from serving.models import resolve_model, weights_sha256
 from serving.served import ServedModel
@@ -189,7 +188,7 @@ def iterate(recipe: Recipe, out: Path, count: int | None = None, recipe_dir: Pat
             next_only: bool = False, no_gate: bool = False) -> list[RoundResult]:  # fmt: skip
     """Run rounds 1..count (finished ones are read back); `next_only`: at most one new round (a
     scheduled deployment runs one round per night)."""
-    from flows.endpoints import live_endpoints
+    from flows.engine.live_endpoints import live_endpoints
     from flows.pipeline import run_pipeline
     from flows.rounds.report import append_card, write_report
 

@@ -20,12 +20,12 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import as_completed
 from pydantic import BaseModel, Field
 
-from flows import progress
+from flows.dataset.atomic_files import read_json
+from flows.engine import progress
 from flows.engine.budget import BudgetReached, spend_for
 from flows.engine.manifest import Manifest, ShardRef
 from flows.engine.plan import expected_requests
 from flows.engine.shard import ShardPlan, ShardResult, finished, run_shard
-from flows.shards import read_json
 from serving.errors import DataError, RlaifError
 
 

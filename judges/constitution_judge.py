@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from judges.base import choice_probability, clip, render
-from judges.constitution import Constitution, Principle, load_constitution
+from judges.constitution_file import Constitution, Principle, load_constitution
 from judges.contract import Judge, JudgeConfig, Judgement, Preference
+from judges.helpers import choice_probability, clip, render
 from serving.client import LLMClient
 from serving.endpoint import RequestRejected
 

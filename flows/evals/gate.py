@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from flows.prompts import resolve_path
+from flows.dataset.atomic_files import read_json, write_json
+from flows.dataset.prompts import resolve_path
 from flows.recipe import Recipe
-from flows.shards import read_json, write_json
 from serving.errors import RlaifError
 
 
@@ -51,7 +51,7 @@ class Gate:
     run up front with exit 2) and the gated judge is chosen."""
 
     def __init__(self, recipe: Recipe, recipe_dir: Path | None, out: Path) -> None:
-        from flows.judge_eval import load_pairs
+        from flows.evals.judge_eval import load_pairs
         from judges.registry import make_judge
 
         assert recipe.gate is not None
@@ -78,7 +78,7 @@ class Gate:
 
     def run(self) -> GateResult:
         """Evaluate the judge on its live endpoint (call inside `live_endpoints`)."""
-        from flows.judge_eval import evaluate
+        from flows.evals.judge_eval import evaluate
         from judges.registry import make_judge
         from serving.shared import run_sync, shared_client
 

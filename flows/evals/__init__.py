@@ -1,0 +1,1 @@
+"""Evaluations: judge-eval on labelled pairs, the judge gate, policy win rates."""
