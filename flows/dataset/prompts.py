@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from serving.errors import DataError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PROMPTS = REPO_ROOT / "recipes" / "prompts" / "default.jsonl"
 
 
