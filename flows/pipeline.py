@@ -41,18 +41,19 @@ from flows.engine.summary import (
 )
 from flows.evals.gate import Gate, GateFailed
 from flows.recipe import Recipe
-from judges.registry import make_judge
 from serving import metrics
 from serving.shared import total_counters
 
 
-def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -> Manifest:
-    """Normalise the prompt set into Parquet shards under OUT/prompts (streamed)."""
+def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None,
+                    columns: list[str] | None = None) -> Manifest:  # fmt: skip
+    """Normalise the prompt set into Parquet shards under OUT/prompts (streamed), keeping the `columns`
+    that judges read."""
     src = recipe.prompts
     skipped: dict[str, int] = {}
     notes: dict[str, int] = {}
     rows = iter_prompts(src.path, src.column, src.id_column, src.split, src.limit, src.max_prompt_chars,
-                        base=recipe_dir, skipped=skipped, notes=notes)  # fmt: skip
+                        base=recipe_dir, skipped=skipped, notes=notes, columns=columns)  # fmt: skip
     man = write_manifest(
         rows, skipped, out, recipe.shard_size, str(resolve_path(src.path, recipe_dir)), notes
     )
@@ -61,15 +62,6 @@ def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None) -
               f"one turn in `{src.column}`; only the first turn is used ({man.notes['turns_unused']} turns "
               "left out, counted in the ledger)", file=sys.stderr)  # fmt: skip
     return man
-
-
-def constitution_ref(recipe: Recipe, recipe_dir: Path | None) -> tuple[Any, str | None]:
-    if recipe.critique is None:
-        return None, None
-    from judges.constitution_file import load_constitution
-
-    path = resolve_path(recipe.critique.constitution, recipe_dir)
-    return load_constitution(path), str(path.resolve())
 
 
 def run_pipeline(
@@ -81,22 +73,21 @@ def run_pipeline(
     When every shard is already finished with this plan there is nothing to send: the build, card and
     summary are brought up to date without starting a model server or a Prefect flow run."""
     check_writable(out)
-    constitution, cpath = constitution_ref(recipe, recipe_dir)
+    by_stage = recipe.served_by_stage(recipe_dir)
+    plan = make_plan(recipe, out, {k: m.endpoint_list() for k, m in by_stage.items()}, recipe_dir)
     gate = Gate(recipe, recipe_dir, out) if recipe.gate is not None else None  # reads the pairs now
-    manifest = prepare_prompts(recipe, out, recipe_dir)
-    served = recipe.served()
+    columns = sorted({c for judge in plan.built() for c in judge.columns()})
+    manifest = prepare_prompts(recipe, out, recipe_dir, columns)
+    served = list(by_stage.values())
     spec = RunSpec(
-        manifest_path=manifest.path, manifest_sha256=manifest.sha256,
-        plan=make_plan(recipe, out, [s.endpoint_list() for s in served], cpath,
-                       constitution.sha256 if constitution else None),
-        principles=len(constitution.principles) if constitution else 1, task_runner=recipe.task_runner,
+        manifest_path=manifest.path, manifest_sha256=manifest.sha256, plan=plan, task_runner=recipe.task_runner,
         dask_address=recipe.dask_address, dask_workers=recipe.dask_workers,
         shards_in_flight=recipe.shards_in_flight,
     )  # fmt: skip
     tune_gc()
     if all_finished(manifest, spec.plan):
         cached = gate.cached() if gate else None
-        summary = pipeline_stages.fn(recipe=recipe, spec=spec, out=str(out), constitution=constitution,
+        summary = pipeline_stages.fn(recipe=recipe, spec=spec, out=str(out),
                                      gate=cached.model_dump() if cached else None, publish=False)  # fmt: skip
         summary.engine["flow_run"] = "none: every shard was already finished, nothing to send"
         write_json(out / "summary.json", summary.model_dump())
@@ -109,9 +100,7 @@ def run_pipeline(
             with api_for_workers(spec, api_url()):
                 spec.plan.concurrency_share = dask_share(spec)
                 flow_fn = pipeline_stages.with_options(task_runner=task_runner(spec))
-                summary = flow_fn(
-                    recipe=recipe, spec=spec, out=str(out), constitution=constitution, gate=gated
-                )
+                summary = flow_fn(recipe=recipe, spec=spec, out=str(out), gate=gated)
             summary.prefix_cache = metrics.hit_rates(before, metrics.snapshot(urls))
             write_json(out / "summary.json", summary.model_dump())
     if recipe.train is not None:
@@ -139,7 +128,6 @@ def pipeline_stages(
     recipe: Recipe,
     spec: RunSpec,
     out: str,
-    constitution: Any = None,
     gate: dict[str, Any] | None = None,
     publish: bool = True,
 ) -> RunSummary:
@@ -148,22 +136,23 @@ def pipeline_stages(
     counters_before = total_counters()
     out_dir = Path(out)
     eng = run_shards(spec)
-    summary = RunSummary(name=recipe.name, out_dir=out, stages=stage_results(eng),
+    summary = RunSummary(name=recipe.name, out_dir=out, stages=stage_results(eng, spec.plan),
                          usage=usage_table(eng, spec.plan.prices), gate=gate)  # fmt: skip
     tallies = sum_tallies({k: v for k, v in s.judges.items()} for s in eng.shards)
     figures: dict[str, dict[str, Any]] = {}
-    for j in spec.plan.judges:
-        judge = make_judge(j.spec)
+    for j, judge in zip(spec.plan.judges, spec.plan.built()):
         t = tallies.setdefault(j.spec.key, {})
         t["type"], t["model"] = judge.type, judge.model_name([e.model for e in j.endpoints])
         figures[j.spec.key] = {"type": t["type"], "model": t["model"], **judge.figures(t)}
     t_build = time.monotonic()
-    prov = provenance(recipe, tallies, constitution.sha256 if constitution else None)
+    prov = provenance(
+        recipe, tallies, {k: v for judge in spec.plan.built() for k, v in judge.provenance().items()}
+    )
     files = [
         ShardFiles(rows_path=s.rows_path, cpairs_path=s.cpairs_path, fingerprint=s.fingerprint)
         for s in eng.shards
     ]
-    built, plot = build(out_dir, files, recipe.binarize, spec.plan.score_key(recipe.binarize.score),
+    built, plot = build(out_dir, files, recipe.binarize, spec.plan.score_key(),
                         spec.plan.uf_features().arrow_schema, prov, figures, lints=recipe.lints,
                         decontaminate=recipe.decontaminate, ledger=upstream_ledger(spec, eng))  # fmt: skip
     summary.stages["build"] = StageResult(
@@ -172,18 +161,7 @@ def pipeline_stages(
     summary.build = built
     if plot is not None or not (out_dir / "report" / "scores.png").exists():
         plot_report(out_dir, plot)
-    crit = sum_tallies(s.critique for s in eng.shards)
-    cinfo = None
-    if constitution is not None and recipe.critique is not None:
-        cinfo = {
-            **constitution.provenance(),
-            "mode": recipe.critique.mode,
-            "per_principle": crit.get("per_principle", {}),
-        }
-        if crit.get("labels"):
-            cinfo["label"] = (f"{crit['labels']} labelled pairs, hard-label position consistency "
-                              f"{crit['labels_consistent'] / crit['labels']:.2f}, {crit.get('labels_soft', 0)} soft labels from logprobs")  # fmt: skip
-    write_card(out_dir, built, recipe, {"skipped": eng.skipped, "constitution": cinfo, "gate": gate,
+    write_card(out_dir, built, recipe, {"skipped": eng.skipped, "gate": gate,
                                         "usage": {k: u.model_dump() for k, u in summary.usage.items()}})  # fmt: skip
     summary.wall_s = time.monotonic() - t0
     after = total_counters()
@@ -225,12 +203,9 @@ def pipeline_flow(
     no_gate: bool = False,
 ) -> dict:
     """Entry point for deployments: load the recipe and run everything (into a dated folder if asked)."""
-    from flows.recipe import load_recipe
+    from flows.recipe import load_run
 
-    recipe = load_recipe(recipe_path)
-    if limit:
-        recipe.prompts.limit = limit
-    out_dir = Path(out) if out else recipe.output_dir()
+    recipe, out_dir = load_run(recipe_path, limit or None, out)
     if dated:
         out_dir = dated_folder(out_dir)
     summary = run_pipeline(recipe, out_dir, Path(recipe_path).parent, no_gate=no_gate)

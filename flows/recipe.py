@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from judges.contract import JudgeConfig
-from judges.registry import AnyJudgeConfig
+from judges.registry import AnyJudgeConfig, CritiqueConfig, make_judge, pick, ranking_key
 from serving.config_files import describe_error, field_error, load_model
 from serving.endpoint import ClientConfig
 from serving.errors import ConfigError
@@ -73,15 +73,6 @@ class BinarizeSpec(_Strict):
     test_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 42
     score: str | None = Field(default=None, description="judge whose score ranks; first rating judge")
-
-
-class CritiqueSpec(_Strict):
-    constitution: str = Field(description="path to a constitution YAML file")
-    mode: Literal["critique", "label", "both"] = "critique"
-    principles: Literal["sample", "all"] = "sample"
-    seed: int = 0
-    max_tokens: int = Field(default=128, ge=16)
-    judge: ServedModel | None = None
 
 
 class LintSpec(_Strict):
@@ -227,7 +218,9 @@ class Recipe(_Strict):
     dask_workers: int = Field(default=2, ge=1, description="worker processes of the local Dask cluster")
     judges: list[AnyJudgeConfig] = Field(default_factory=list)
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
-    critique: CritiqueSpec | None = None
+    critique: CritiqueConfig = Field(
+        default=None, description="constitution critique -> revision and/or labels (a constitution judge)"
+    )
     train: TrainSpec | None = None
     budget: BudgetSpec | None = Field(default=None, description="stop this run at N tokens or USD")
     gate: GateSpec | None = None
@@ -239,18 +232,14 @@ class Recipe(_Strict):
 
     _eval_files_exist = field_validator("decontaminate")(check_eval_files)
 
-    @field_validator("judges")
-    @classmethod
-    def _unique_judges(cls, judges: list[JudgeConfig]) -> list[JudgeConfig]:
-        keys = [j.key for j in judges]
-        dup = {k for k in keys if keys.count(k) > 1}
-        if dup:
-            raise ValueError(f"judge names must be unique; repeated: {sorted(dup)} (set `name:`)")
-        return judges
-
     @model_validator(mode="after")
     def _names_exist(self) -> Recipe:
-        keys = [j.key for j in self.judges]
+        keys = [j.key for j in self.feedback()]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise field_error(
+                ("judges",), f"judge names must be unique; repeated: {sorted(dup)} (set `name:`)"
+            )
         if self.binarize.score is not None and self.binarize.score not in keys:
             raise field_error(("binarize", "score"), f"{self.binarize.score!r} names no judge; "
                               f"choose from {keys} (a judge's `name:`, else its type)")  # fmt: skip
@@ -280,26 +269,33 @@ class Recipe(_Strict):
             raise field_error(("train", "method"), f"rounds train a policy with dpo or sft, not "
                               f"{self.train.method}")  # fmt: skip
 
+    def feedback(self) -> list[JudgeConfig]:
+        """Every judge of the run: `judges:` then the `critique:` section (a constitution judge)."""
+        return [*self.judges, *([self.critique] if self.critique is not None else [])]
+
     def judge_endpoint(self, spec: ServedModel | None) -> ServedModel:
         return spec or self.policy
 
-    def gate_judge(self) -> JudgeConfig | None:
-        """The judge the gate checks: `gate.judge`, else the one `binarize.score` names, else the first
-        that ranks by default, else the first."""
-        if self.gate is None or not self.judges:
-            return None
-        want = self.gate.judge or self.binarize.score
-        for j in self.judges:
-            if want in (j.key, j.type):
-                return j
-        from judges.registry import judge_class
+    def ranking_key(self) -> str | None:
+        """The judge whose scores rank completions (`binarize.score`, else the default choice)."""
+        return ranking_key(self.feedback(), self.binarize.score)
 
-        return next((j for j in self.judges if judge_class(j.type).ranks_by_default), self.judges[0])
+    def gate_judge(self) -> JudgeConfig | None:
+        """The judge the gate checks: `gate.judge`, else the ranking judge."""
+        if self.gate is None or not self.feedback():
+            return None
+        return pick(self.feedback(), self.gate.judge or self.ranking_key())
+
+    def served_by_stage(self, base: Path | None = None) -> dict[str, ServedModel]:
+        """Every model the run talks to, by the stage it serves ("generate", a judge's stage)."""
+        out = {"generate": self.policy}
+        for c in self.feedback():
+            out[make_judge(c.resolved(base)).stage] = self.judge_endpoint(c.judge)
+        return out
 
     def served(self) -> list[ServedModel]:
-        """Every model the run talks to: [policy, judge 1..k, critique judge?]."""
-        out = [self.policy, *(self.judge_endpoint(j.judge) for j in self.judges)]
-        return out + ([self.judge_endpoint(self.critique.judge)] if self.critique else [])
+        """Every model the run talks to: the policy, then each judge's endpoint."""
+        return [self.policy, *(self.judge_endpoint(c.judge) for c in self.feedback())]
 
     def sha256(self) -> str:
         """Hash of what shapes the data; how it is executed (runner, shard sizes, client) is left out,
@@ -328,3 +324,16 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file (`yaml.safe_load` only)."""
     return load_model(path, Recipe, "recipe", _HINT)[0]
+
+
+def load_run(
+    path: str | Path, limit: int | None = None, out: str | Path | None = None
+) -> tuple[Recipe, Path]:
+    """The one way a command or a flow loads a recipe: validated, with `limit` (use the first N prompts)
+    applied, and the output folder (`out` wins over the recipe's `output`)."""
+    recipe = load_recipe(path)
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {limit}")
+        recipe.prompts.limit = limit
+    return recipe, Path(out) if out else recipe.output_dir()

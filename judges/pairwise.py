@@ -12,7 +12,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from judges.contract import Judge, JudgeConfig, Judgement, Preference, VerdictRow, add
+from judges.contract import (
+    Completion,
+    Judge,
+    JudgeConfig,
+    Judgement,
+    Preference,
+    Prompt,
+    Side,
+    VerdictRow,
+    combine_orders,
+)
 from judges.helpers import choice_probability, clip, parse_json_object, render
 from serving.endpoint import RequestRejected
 
@@ -72,21 +82,14 @@ def parse_verdict(text: str) -> OrderedVerdict:
 
 def combine(forward: OrderedVerdict, backward: OrderedVerdict) -> PairVerdict:
     """x is A in `forward` and B in `backward`. Disagreement (or a failure) is a tie."""
-    f = {"A": "x", "B": "y", "tie": "tie"}.get(forward.verdict or "")
-    b = {"A": "y", "B": "x", "tie": "tie"}.get(backward.verdict or "")
-    failures = int(f is None) + int(b is None)
-    consistent = f is not None and f == b
-    winner = f if consistent else "tie"
-    probs = [p for p in (forward.p_a, None if backward.p_a is None else 1 - backward.p_a)
-             if p is not None]  # fmt: skip
-    return PairVerdict(
-        winner=winner,  # type: ignore[arg-type]
-        consistent=consistent,
-        p_x=sum(probs) / len(probs) if probs else None,
-        forward=forward,
-        backward=backward,
-        parse_failures=failures,
-    )
+    both = combine_orders(_side(forward.verdict), _side(backward.verdict), forward.p_a, backward.p_a)
+    return PairVerdict(winner=both.winner, consistent=both.consistent, p_x=both.p_x, forward=forward,
+                       backward=backward, parse_failures=both.failures)  # fmt: skip
+
+
+def _side(verdict: Verdict | None) -> Side | None:
+    """A shown-order letter in the one vocabulary: A (shown first) is x."""
+    return {"A": "x", "B": "y", "tie": "tie"}.get(verdict or "")  # type: ignore[return-value]
 
 
 class PairwiseConfig(JudgeConfig):
@@ -137,11 +140,13 @@ class PairwiseJudge(Judge):
         )
         return combine(forward, backward)
 
-    async def judge(self, prompt_id: str, prompt: str, responses: list[str],
-                    messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
+    async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
         """Every pair in both orders; a completion's score is its share of wins (ties count half)."""
+        responses = [c.response for c in completions]
         pairs = list(itertools.combinations(range(len(responses)), 2))
-        verdicts = await asyncio.gather(*(self.compare(prompt, responses[i], responses[j]) for i, j in pairs))
+        verdicts = await asyncio.gather(
+            *(self.compare(prompt.prompt, responses[i], responses[j]) for i, j in pairs)
+        )
         rows = [VerdictRow(i=i, j=j, winner=v.winner, consistent=v.consistent, p_x=v.p_x)
                 for (i, j), v in zip(pairs, verdicts)]  # fmt: skip
         return Judgement(
@@ -151,15 +156,10 @@ class PairwiseJudge(Judge):
                     "ties": sum(v.winner == "tie" for v in rows)},
         )  # fmt: skip
 
-    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
-        v = await self.judge_order(prompt, first, second)
-        winner = {"A": "first", "B": "second", "tie": "tie"}.get(v.verdict or "")
-        return Preference(winner=winner, p_first=v.p_a, parse_failures=int(winner is None))  # type: ignore[arg-type]
-
-    def tally(self, t: dict[str, Any], j: Judgement) -> None:
-        super().tally(t, j)
-        for k in ("comparisons", "consistent", "ties"):
-            add(t, k, j.detail.get(k, 0))
+    async def prefer(self, prompt: Prompt, first: str, second: str) -> Preference:
+        v = await self.judge_order(prompt.prompt, first, second)
+        winner = _side(v.verdict)
+        return Preference(winner=winner, p_x=v.p_a, parse_failures=int(winner is None))
 
     def figures(self, t: dict[str, Any]) -> dict[str, Any]:
         f = super().figures(t)

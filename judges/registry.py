@@ -1,19 +1,25 @@
-"""Judge types by name. Adding a judge type = one file in judges/ plus one line in `BUILTIN`
-(or `register(MyJudge)` from your own code)."""
+"""Judge types by name, and the choices made about judges (which one ranks, which one a name means).
+Adding a judge type = one file in judges/ plus one line in `BUILTIN` (or `register(MyJudge)` from
+your own code)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, SerializeAsAny
 
 from judges.contract import Judge, JudgeConfig
-from judges.pairwise import PairwiseJudge
-from judges.reward_model import RewardModelJudge
-from judges.ultrafeedback import UltraFeedbackJudge
 from serving.config_files import field_error
 
-BUILTIN: list[type[Judge]] = [UltraFeedbackJudge, PairwiseJudge, RewardModelJudge]
+BUILTIN = [  # module:class, one line per judge type
+    "judges.ultrafeedback:UltraFeedbackJudge",
+    "judges.pairwise:PairwiseJudge",
+    "judges.reward_model:RewardModelJudge",
+    "judges.constitution_judge:ConstitutionJudge",
+]
+CRITIQUE_TYPE = "constitution"  # a recipe's `critique:` section is a judge of this type
+EVAL_DEFAULT_TYPE = "pairwise"  # `rlaif judge-eval` and eval-policy without a judge named
 _REGISTRY: dict[str, type[Judge]] = {}
 
 
@@ -23,8 +29,9 @@ def register(cls: type[Judge]) -> type[Judge]:
     return cls
 
 
-for _cls in BUILTIN:
-    register(_cls)
+for _ref in BUILTIN:
+    _module, _, _name = _ref.partition(":")
+    register(getattr(importlib.import_module(_module), _name))
 
 
 def kinds() -> list[str]:
@@ -38,8 +45,8 @@ def judge_class(kind: str) -> type[Judge]:
         raise ValueError(f"unknown judge type {kind!r}; choose from {kinds()}") from None
 
 
-def make_judge(config: JudgeConfig, client: Any = None) -> Judge:
-    return judge_class(config.type)(config, client)
+def make_judge(config: JudgeConfig, client: Any = None, allow_truncated_chosen: bool = False) -> Judge:
+    return judge_class(config.type)(config, client, allow_truncated_chosen)
 
 
 def parse_judge_config(value: Any) -> JudgeConfig:
@@ -55,3 +62,47 @@ def parse_judge_config(value: Any) -> JudgeConfig:
 
 
 AnyJudgeConfig = Annotated[SerializeAsAny[JudgeConfig], BeforeValidator(parse_judge_config)]
+
+
+def parse_critique_config(value: Any) -> JudgeConfig | None:
+    """A recipe's `critique:` section: a judge of `CRITIQUE_TYPE` (no `type:` to give)."""
+    if value is None or isinstance(value, JudgeConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("`critique:` is a mapping with a `constitution:`")
+    if "type" in value:
+        raise field_error(
+            ("type",), "`critique:` takes no `type:`; other judges go under `judges:`", value["type"]
+        )
+    return _REGISTRY[CRITIQUE_TYPE].config_class.model_validate({**value, "type": CRITIQUE_TYPE})
+
+
+CritiqueConfig = Annotated[SerializeAsAny[JudgeConfig] | None, BeforeValidator(parse_critique_config)]
+
+
+def ranking_key(configs: list[JudgeConfig], named: str | None = None) -> str | None:
+    """The judge whose scores rank completions: the one `named` (a key or type), else the first that
+    ranks by default (UltraFeedback), else the first that gives scores."""
+    scoring = [c for c in configs if judge_class(c.type).gives_scores]
+    if named:
+        return next((c.key for c in configs if named in (c.key, c.type)), named)
+    first = next((c for c in scoring if judge_class(c.type).ranks_by_default), None)
+    return (first or next(iter(scoring), None)).key if (first or scoring) else None
+
+
+def pick(configs: list[JudgeConfig], name: str | None, options: dict[str, Any] | None = None) -> JudgeConfig:
+    """The judge a command line or a gate names: a configured judge (its key or type), else a registered
+    type built with `options`. With no name: the type whose config takes every option given, else the
+    first configured judge of `EVAL_DEFAULT_TYPE`, else the first that gives scores, else a default one."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if name is None and options:
+        fits = [k for k, cls in _REGISTRY.items() if set(options) <= set(cls.config_class.model_fields)]
+        name = fits[0] if len(fits) == 1 else None
+    if name is None:
+        scoring = [c for c in configs if judge_class(c.type).gives_scores]
+        found = next((c for c in configs if c.type == EVAL_DEFAULT_TYPE), next(iter(scoring), None))
+        return found or parse_judge_config({"type": EVAL_DEFAULT_TYPE})
+    for c in configs:
+        if name in (c.key, c.type):
+            return c.model_copy(update=options) if options else c
+    return parse_judge_config({"type": name, **options})

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from judges.contract import Judge, JudgeConfig, Judgement, Preference
+from judges.contract import Completion, Judge, JudgeConfig, Judgement, Preference, Prompt
 
 
 class RewardModelConfig(JudgeConfig):
@@ -59,19 +59,18 @@ class RewardModelJudge(Judge):
     def score(self, messages: list[dict[str, str]], responses: list[str]) -> list[float]:
         return list(self.scorer.score([messages] * len(responses), responses))
 
-    async def judge(self, prompt_id: str, prompt: str, responses: list[str],
-                    messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
-        messages = messages or [{"role": "user", "content": prompt}]
-        scores = await asyncio.to_thread(self.score, messages, responses) if responses else []
+    async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
+        responses = [c.response for c in completions]
+        scores = await asyncio.to_thread(self.score, prompt.messages, responses) if responses else []
         return Judgement(scores=list(scores))
 
-    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
+    async def prefer(self, prompt: Prompt, first: str, second: str) -> Preference:
         """P(first better) = sigmoid(raw score difference): the Bradley-Terry probability the reward
         model was trained on (scores are normalised, so the difference is scaled back by their std)."""
-        a, b = await asyncio.to_thread(self.score, [{"role": "user", "content": prompt}], [first, second])
+        a, b = await asyncio.to_thread(self.score, prompt.messages, [first, second])
         z = max(-50.0, min(50.0, (a - b) * self.scorer.std))
-        winner = "tie" if a == b else "first" if a > b else "second"
-        return Preference(winner=winner, p_first=1 / (1 + math.exp(-z)))  # type: ignore[arg-type]
+        winner = "tie" if a == b else "x" if a > b else "y"
+        return Preference(winner=winner, p_x=1 / (1 + math.exp(-z)))
 
 
 _SCORERS: dict[tuple[str, int], Any] = {}

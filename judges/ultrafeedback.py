@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from judges.contract import Judge, JudgeConfig, Judgement, Preference, add
+from judges.contract import Completion, Judge, JudgeConfig, Judgement, Preference, Prompt
 from judges.helpers import clip, parse_json_object, render, scan_ratings, seeded_order
 from serving.endpoint import RequestRejected
 
@@ -171,29 +171,23 @@ class UltraFeedbackJudge(Judge):
             detail={"ratings": len(aspects) * len(responses), "null_ratings": failures},
         )  # fmt: skip
 
-    async def judge(self, prompt_id: str, prompt: str, responses: list[str],
-                    messages: list[dict[str, str]] | None = None) -> Judgement:  # fmt: skip
+    async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
         """All aspects show the completions in one seeded order per prompt, so a prompt's requests share
         everything but their last part (the aspect) and the server's prefix cache answers most of it."""
-        if not responses:
+        if not completions:
             return Judgement(scores=[])
-        order = seeded_order(len(responses), self.cfg.seed, prompt_id)
+        order = seeded_order(len(completions), self.cfg.seed, prompt.prompt_id)
         orders = dict.fromkeys(self.aspects(), order)
-        return await self.rate(prompt, responses, orders)
+        return await self.rate(prompt.prompt, [c.response for c in completions], orders)
 
-    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
+    async def prefer(self, prompt: Prompt, first: str, second: str) -> Preference:
         """Both answers rated in one request per aspect, shown exactly in this order."""
-        j = await self.rate(prompt, [first, second], dict.fromkeys(self.aspects(), [0, 1]))
+        j = await self.rate(prompt.prompt, [first, second], dict.fromkeys(self.aspects(), [0, 1]))
         a, b = j.scores
         if a is None or b is None:
             return Preference(winner=None, parse_failures=j.parse_failures)
-        return Preference(winner="tie" if a == b else ("first" if a > b else "second"),
+        return Preference(winner="tie" if a == b else ("x" if a > b else "y"),
                           parse_failures=j.parse_failures)  # fmt: skip
-
-    def tally(self, t: dict[str, Any], j: Judgement) -> None:
-        super().tally(t, j)
-        add(t, "ratings", j.detail.get("ratings", 0))
-        add(t, "null_ratings", j.detail.get("null_ratings", 0))
 
     def figures(self, t: dict[str, Any]) -> dict[str, Any]:
         f = super().figures(t)

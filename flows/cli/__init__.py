@@ -13,10 +13,9 @@ import sys
 import threading
 
 from flows.cli import constitution, iterate, judge, run, schedule, serve, train
-from flows.cli.run import closing_table, load_with_overrides
 from serving.errors import RlaifError
 
-__all__ = ["build_parser", "closing_table", "load_with_overrides", "main"]
+__all__ = ["build_parser", "main"]
 
 # One module per command group, in the order `rlaif --help` lists their commands.
 COMMAND_GROUPS = (serve, run, iterate, judge, constitution, train, schedule)

@@ -9,39 +9,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flows.recipe import Recipe
-    from judges.contract import Judge, JudgeConfig
+    from judges.contract import JudgeConfig
 
 
-def pick_judge(args: argparse.Namespace, recipe: Recipe) -> tuple[JudgeConfig, type[Judge]]:
-    """The judge config and class that `--judge` names: a judge of the recipe, the constitution label
-    judge (`--constitution FILE`, or the recipe's `critique:`), or a registered judge type."""
-    from judges.constitution_judge import ConstitutionLabelConfig, ConstitutionLabelJudge
-    from judges.registry import judge_class, parse_judge_config
+def pick_judge(args: argparse.Namespace, recipe: Recipe) -> JudgeConfig:
+    """The judge `--judge` names: a judge of `--recipe` (its name or type, its `critique:` section
+    included), else a registered judge type. Options such as `--constitution FILE` go into the judge's
+    config; without `--judge` they pick the one judge type that takes them."""
+    from judges.registry import pick
     from serving.errors import ConfigError
 
-    candidates: list[tuple[JudgeConfig, type[Judge]]] = [(j, judge_class(j.type)) for j in recipe.judges]
-    label = None
-    if args.constitution or recipe.critique:
-        crit = recipe.critique
-        label = ConstitutionLabelConfig(
-            constitution=args.constitution or crit.constitution,
-            **({"principles": crit.principles, "seed": crit.seed, "judge": crit.judge} if crit else {}),
-        )
-        candidates.append((label, ConstitutionLabelJudge))
-    name = args.judge or (ConstitutionLabelJudge.type if args.constitution else "pairwise")
-    picked = next(((c, cls) for c, cls in candidates if name in (c.key, c.type)), None)
-    if picked is None:
-        try:
-            config = parse_judge_config({"type": name})
-        except ValueError as exc:
-            why = str(exc).splitlines()[-1].split(" [type=")[0].strip()
-            raise ConfigError(f"--judge {name}: {why}; or a judge name of --recipe; "
-                              f"`{ConstitutionLabelJudge.type}` needs --constitution FILE or a recipe with "
-                              "critique:") from None  # fmt: skip
-        picked = (config, judge_class(config.type))
-    if args.constitution and picked[0] is not label:
-        raise ConfigError(f"--constitution is for --judge {ConstitutionLabelJudge.type}, not --judge {name}")
-    return picked
+    options = {"constitution": args.constitution}
+    try:
+        config = pick(recipe.feedback(), args.judge, options)
+    except ValueError as exc:
+        why = str(exc).splitlines()[-1].split(" [type=")[0].strip()
+        given = " ".join(f"--{k} {v}" for k, v in options.items() if v) or "no options"
+        raise ConfigError(f"--judge {args.judge or '(default)'} with {given}: {why}; name a judge type, "
+                          "or a judge name of --recipe") from None  # fmt: skip
+    return config.resolved(Path(args.recipe).parent if args.recipe else None)
 
 
 def cmd_judge_eval(args: argparse.Namespace) -> int:
@@ -49,6 +35,7 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     from flows.engine.live_endpoints import live_endpoints
     from flows.evals.judge_eval import JudgeEval, evaluate, format_table, load_pairs
     from flows.recipe import Recipe, load_recipe
+    from judges.registry import make_judge
     from serving.errors import ConfigError
     from serving.shared import run_sync, shared_client
 
@@ -63,13 +50,13 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     if args.limit:
         pairs = pairs[: args.limit]
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
-    config, cls = pick_judge(args, recipe)
+    config = pick_judge(args, recipe)
+    judge = make_judge(config)  # built once (reads its files now), bound to the endpoint's client below
 
     def run(client: Any) -> JudgeEval:
-        judge = cls(config, client)
-        return run_sync(lambda: evaluate(judge, pairs, seed=args.seed, resamples=args.resamples))
+        return run_sync(lambda: evaluate(judge.bind(client), pairs, seed=args.seed, resamples=args.resamples))
 
-    if cls.uses_endpoint:
+    if judge.uses_endpoint:
         with live_endpoints(recipe.judge_endpoint(config.judge)) as (eps,):
             result = run(shared_client(eps, recipe.client))
     else:  # scored locally: no model server

@@ -9,8 +9,6 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.errors import RlaifError
-
 if TYPE_CHECKING:
     from flows.dataset.build import BuildResult
     from flows.engine.summary import RunSummary
@@ -24,16 +22,10 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_with_overrides(args: argparse.Namespace) -> tuple[Recipe, Path]:
-    """The recipe named by `args.recipe` with `--limit` applied, and the output folder (`--out` wins)."""
-    from flows.recipe import load_recipe
+    """`recipe.load_run` with the command line's `--limit` and `--out`."""
+    from flows.recipe import load_run
 
-    recipe = load_recipe(args.recipe)
-    if getattr(args, "limit", None) is not None:
-        if args.limit < 1:
-            raise RlaifError(f"--limit must be >= 1, got {args.limit}")
-        recipe.prompts.limit = args.limit
-    out = Path(args.out) if getattr(args, "out", None) else recipe.output_dir()
-    return recipe, out
+    return load_run(args.recipe, getattr(args, "limit", None), getattr(args, "out", None))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

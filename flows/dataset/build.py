@@ -27,9 +27,9 @@ from flows.dataset.atomic_files import read_json, write_json
 from flows.dataset.binarize import BinarizeStats, best_of_n, binarize_prompt, is_test, verdict_probabilities
 from flows.dataset.ledger import Account, Ledger
 from flows.dataset.lints import Linter, LintReport, lint_fingerprint
-from flows.dataset.rows import merge
 from flows.dataset.schema import binarized_features
 from flows.recipe import BinarizeSpec, LintSpec
+from judges.contract import merge
 
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
 
@@ -58,13 +58,12 @@ class ShardFiles(BaseModel):
     fingerprint: str = ""
 
 
-def provenance(
-    recipe: Any, judges: dict[str, dict[str, Any]], constitution_sha: str | None
-) -> dict[str, Any]:
+def provenance(recipe: Any, judges: dict[str, dict[str, Any]], extra: dict[str, str]) -> dict[str, Any]:
+    """The rows' provenance; `extra`: what the judges add (`Judge.provenance`, e.g. a constitution's sha256)."""
     return {
         "policy": recipe.policy.display_name(),
         "judges": [f"{k}:{j['type']}:{j.get('model', '')}" for k, j in judges.items()],
-        "constitution_sha256": constitution_sha,
+        "constitution_sha256": extra.get("constitution_sha256"),
         "recipe_sha256": recipe.sha256(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "rlaif_version": version("rlaif"),

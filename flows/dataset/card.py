@@ -175,21 +175,9 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
                   f"{build.mean_len_rejected:.0f} chars (ratio {ratio:.2f}). A ratio far above 1 "
                   "means the judge may be rewarding length rather than quality.", ""]  # fmt: skip
     lines += lint_section(build, recipe)
-    if extra.get("constitution"):
-        c = extra["constitution"]
-        lines += ["## Constitution", "", f"`{c['name']}` v{c['version']} ({c['path']}), sha256 "
-                  f"`{c['sha256'][:16]}…`, mode `{c['mode']}`.", "",
-                  "| principle | critiques | pairs kept | dropped (why: identical, refusal, empty) |", "|---|---|---|---|"]  # fmt: skip
-        for pid, n in c.get("per_principle", {}).items():
-            why = ", ".join(
-                f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(n.items()) if k.startswith("dropped_")
-            )
-            lines.append(f"| {pid} | {n.get('critiques', 0)} | {n.get('pairs', 0)} | {n.get('dropped', 0)}"
-                         f"{f' ({why})' if why else ''} |")  # fmt: skip
-
-        if c.get("label"):
-            lines += ["", f"Constitutional labels: {c['label']}"]
-        lines.append("")
+    for f in build.judges.values():  # what a judge puts on the card itself (e.g. a constitution's table)
+        if f.get("section"):
+            lines += [f["section"]]
     lines += ["## Report", "", "![scores](report/scores.png)", "",
               "## Provenance", "", f"- recipe sha256: `{recipe.sha256()}`",
               f"- policy: {prov_policy}", "- produced by rlaif (generate → judge → build)", ""]  # fmt: skip

@@ -13,17 +13,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from judges.contract import Prompt
 from serving.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PROMPTS = REPO_ROOT / "recipes" / "prompts" / "default.jsonl"
 
 
-class PromptRow(BaseModel):
-    prompt_id: str
-    prompt: str
-    messages: list[dict[str, str]]
-    source: str = ""
+PromptRow = Prompt  # one prompt as every stage sees it (judges/contract.py)
 
 
 class PromptSet(BaseModel):
@@ -111,6 +108,7 @@ def iter_prompts(
     base: Path | None = None,
     skipped: dict[str, int] | None = None,
     notes: dict[str, int] | None = None,
+    columns: list[str] | None = None,
 ) -> Iterator[PromptRow]:
     """Stream normalised prompts (bounded memory); empty/too long/duplicate ones are counted in
     `skipped`; `notes` counts rows read (`read`) and turns left unused. Raises DataError naming the
@@ -125,14 +123,18 @@ def iter_prompts(
         raise DataError(f"{p}: no column {column!r} (columns: {ds.column_names}); set prompts.column")
     if id_column and id_column not in ds.column_names:
         raise DataError(f"{p}: no id column {id_column!r} (columns: {ds.column_names})")
+    for extra in columns or []:
+        if extra not in ds.column_names:
+            raise DataError(f"{p}: no column {extra!r}, which a judge of the recipe reads (columns: "
+                            f"{ds.column_names}); add it to the prompt set or change the judge")  # fmt: skip
     return _rows(ds, p, column, id_column, limit, max_prompt_chars, {} if skipped is None else skipped,
-                 {} if notes is None else notes)  # fmt: skip
+                 {} if notes is None else notes, columns or [])  # fmt: skip
 
 
 def _rows(ds: Any, p: Path, column: str, id_column: str | None, limit: int | None, max_chars: int,
-          skipped: dict[str, int], notes: dict[str, int]) -> Iterator[PromptRow]:  # fmt: skip
+          skipped: dict[str, int], notes: dict[str, int], extra: list[str]) -> Iterator[PromptRow]:  # fmt: skip
     seen: set[str] = set()
-    wanted = [c for c in {column, id_column, "source", "category"} if c and c in ds.column_names]
+    wanted = [c for c in {column, id_column, "source", "category", *extra} if c and c in ds.column_names]
     n = 0
     for batch in ds.select_columns(wanted).iter(batch_size=1024):
         for k in range(len(batch[column])):
@@ -154,7 +156,8 @@ def _rows(ds: Any, p: Path, column: str, id_column: str | None, limit: int | Non
             source = (batch["source"][k] if "source" in batch else None) or (
                 batch["category"][k] if "category" in batch else None) or p.name  # fmt: skip
             n += 1
-            yield PromptRow(prompt_id=pid, prompt=text, messages=messages, source=str(source))
+            yield PromptRow(prompt_id=pid, prompt=text, messages=messages, source=str(source),
+                            columns={c: batch[c][k] for c in extra})  # fmt: skip
 
 
 def load_prompts(

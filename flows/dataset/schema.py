@@ -24,7 +24,12 @@ def binarized_features() -> Features:
     })  # fmt: skip
 
 
-def uf_features(aspects: list[str], judge_keys: list[str], with_provenance: bool = True) -> Features:
+def uf_features(
+    aspects: list[str],
+    judge_keys: list[str],
+    with_provenance: bool = True,
+    note_keys: list[str] | None = None,
+) -> Features:
     """UltraFeedback rows: one per prompt, `completions[]` with annotations and every judge's score."""
     rating = {"rating": Value("int64"), "rationale": Value("string"), "error": Value("string")}
     comp: dict[str, Any] = {
@@ -38,6 +43,8 @@ def uf_features(aspects: list[str], judge_keys: list[str], with_provenance: bool
     comp["fine_grained_score"] = Value("float64")
     if judge_keys:
         comp["scores"] = {k: Value("float64") for k in judge_keys}
+    if note_keys:  # why each judge that explains its scores gave them (e.g. a verifier)
+        comp["notes"] = {k: Value("string") for k in note_keys}
     comp.update(critique=Value("string"), revision=Value("string"), principle_id=Value("string"))
     feats: dict[str, Any] = {
         "prompt_id": Value("string"), "prompt": Value("string"), "messages": MSGS, "source": Value("string"),

@@ -35,7 +35,6 @@ class RunSpec(BaseModel):
     manifest_path: str
     manifest_sha256: str
     plan: ShardPlan
-    principles: int = 1
     task_runner: str = "threads"
     dask_address: str | None = None
     dask_workers: int = 2
@@ -174,7 +173,7 @@ def run_shards(spec: RunSpec) -> EngineResult:
     t = shard_task.with_options(result_storage=storage, persist_result=True)
     res = EngineResult(started_at=time.time(), skipped=dict(man.skipped), prompts=man.prompts)
     t0 = time.monotonic()
-    totals = {"prompts": man.prompts, "requests": expected_requests(plan, man.prompts, spec.principles)}
+    totals = {"prompts": man.prompts, "requests": expected_requests(plan, man.prompts)}
     in_process = spec.task_runner != "dask"
     by_index: dict[int, ShardResult] = {}
     with progress.bars(totals, "run"):

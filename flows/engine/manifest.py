@@ -19,6 +19,7 @@ PROMPT_SCHEMA = pa.schema([
     ("prompt_id", pa.string()), ("prompt", pa.string()),
     ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ("source", pa.string()),
+    ("columns", pa.string()),  # JSON: the prompt set's columns that judges read (`Judge.columns`)
 ])  # fmt: skip
 
 
@@ -61,7 +62,8 @@ def _chunks(rows: Iterator[PromptRow], size: int) -> Iterator[list[PromptRow]]:
 def shard_sha(rows: list[PromptRow]) -> str:
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps([r.prompt_id, r.messages, r.source], ensure_ascii=False).encode())
+        key = [r.prompt_id, r.messages, r.source] + ([r.columns] if r.columns else [])
+        h.update(json.dumps(key, ensure_ascii=False, default=str).encode())
     return h.hexdigest()
 
 
@@ -84,7 +86,9 @@ def write_manifest(rows: Iterator[PromptRow], skipped: dict[str, int], run_dir: 
         path = folder / f"shard-{i:05d}.parquet"
         if old.get(str(path)) != sha or not path.exists():
             tmp = path.with_suffix(".tmp")
-            table = pa.Table.from_pylist([r.model_dump() for r in chunk], schema=PROMPT_SCHEMA)
+            table = pa.Table.from_pylist(
+                [{**r.model_dump(), "columns": json.dumps(r.columns, default=str) if r.columns else None}
+                 for r in chunk], schema=PROMPT_SCHEMA)  # fmt: skip
             pq.write_table(table, tmp)
             tmp.replace(path)
         man.shards.append(ShardRef(index=i, path=str(path), sha256=sha, prompts=len(chunk)))
@@ -100,5 +104,6 @@ def write_manifest(rows: Iterator[PromptRow], skipped: dict[str, int], run_dir: 
 
 
 def read_shard(ref: ShardRef) -> list[PromptRow]:
-    table = pq.read_table(ref.path, schema=PROMPT_SCHEMA)
-    return [PromptRow.model_construct(**r) for r in table.to_pylist()]
+    table = pq.read_table(ref.path)  # shards written before `columns` existed have no such column
+    return [PromptRow.model_construct(**{**r, "columns": json.loads(r.get("columns") or "{}")})
+            for r in table.to_pylist()]  # fmt: skip

@@ -16,29 +16,31 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from flows.dataset.atomic_files import read_json, write_json
-from flows.dataset.rows import constitution_pairs, prompt_row, tally_critique
+from flows.dataset.rows import PromptResult, extra_pairs, prompt_row
 from flows.dataset.schema import binarized_features, uf_features
 from flows.engine import progress
 from flows.engine.budget import spend_for
 from flows.engine.journal import Journal
 from flows.engine.manifest import ShardRef, read_shard
 from flows.engine.recorded import Meter, RecordingClient, StageStats
-from flows.engine.stages import PromptCritic, generate
+from flows.engine.stages import generate
 from flows.engine.token_bound import byte_bound, prompt_bound
-from flows.recipe import BudgetSpec, CritiqueSpec, Sampling
-from judges.registry import AnyJudgeConfig, make_judge
+from flows.recipe import BudgetSpec, Sampling
+from judges.contract import Judge
+from judges.registry import AnyJudgeConfig, make_judge, ranking_key
 from serving.endpoint import ClientConfig, Endpoint
 from serving.price import Price
 from serving.shared import io_loop, shared_client
 
 
 class JudgeRun(BaseModel):
-    spec: AnyJudgeConfig
+    spec: AnyJudgeConfig  # file paths resolved
     endpoints: list[Endpoint] = Field(default_factory=list)  # empty for judges that run locally
     template_sha: str = ""  # `Judge.fingerprint()`: config + templates (+ local model files)
+    stage: str = ""  # `Judge.stage`: what its requests are journalled and counted under
 
 
 class ShardPlan(BaseModel):
@@ -48,11 +50,7 @@ class ShardPlan(BaseModel):
     policy_model: str
     policy_endpoints: list[Endpoint]
     sampling: Sampling
-    judges: list[JudgeRun] = Field(default_factory=list)
-    critique: CritiqueSpec | None = None
-    critique_endpoints: list[Endpoint] = Field(default_factory=list)
-    constitution_path: str | None = None
-    constitution_sha: str | None = None
+    judges: list[JudgeRun] = Field(default_factory=list)  # every kind of feedback, constitution included
     client: ClientConfig = Field(default_factory=ClientConfig)
     concurrency_share: float = Field(default=1.0, gt=0, le=1, description="this process's share (Dask)")
     prompts_in_flight: int | None = None
@@ -62,7 +60,16 @@ class ShardPlan(BaseModel):
     )  # served name -> local folder (budget's tokenizer)
     prices: dict[str, Price] = Field(default_factory=dict)  # stage ("generate", "judge:<key>", ...) -> price
     budget: BudgetSpec | None = None  # not in `fingerprint`: it limits a run, it does not shape data
-    allow_truncated_chosen: bool = False  # `lints.allow_truncated_chosen`: constitution pairs obey it here
+    allow_truncated_chosen: bool = False  # `lints.allow_truncated_chosen`: judges' own pairs obey it here
+    score: str | None = None  # `binarize.score`: the judge named to rank
+    _built: list[Judge] | None = PrivateAttr(default=None)
+
+    def built(self) -> list[Judge]:
+        """The judges, built once per plan object (so once per worker process), with no client: each
+        shard binds its own journalled client (`Judge.bind`)."""
+        if self._built is None:
+            self._built = [make_judge(j.spec, None, self.allow_truncated_chosen) for j in self.judges]
+        return self._built
 
     def model_key(self, served: str) -> str:
         """What journal keys use for a model: a local folder's content identity, else its name (two
@@ -74,9 +81,7 @@ class ShardPlan(BaseModel):
         data = {
             "policy": self.policy_model, "sampling": self.sampling.model_dump(),
             "judges": [[j.spec.key, [e.model for e in j.endpoints], j.template_sha] for j in self.judges],
-            "critique": self.critique.model_dump(exclude={"judge"}) if self.critique else None,
-            "critique_models": [e.model for e in self.critique_endpoints], "constitution": self.constitution_sha,
-            "models": self.model_ids, "allow_cut": self.allow_truncated_chosen, "format": 4,
+            "models": self.model_ids, "allow_cut": self.allow_truncated_chosen, "format": 5,
         }  # fmt: skip
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -92,32 +97,31 @@ class ShardPlan(BaseModel):
         included). Waiting requests start longest chain first: generation (which the judges and
         critique of its prompt wait for), then critique -> revision, then judges by max_tokens; so a
         run ends on short requests instead of a late generation -> critique -> revision chain."""
-        chains = {f"judge:{j.spec.key}": int(getattr(j.spec, "max_tokens", 0) or 0) for j in self.judges}
-        if self.critique is not None and self.constitution_path:
-            steps = 2 if self.critique.mode != "label" else 0  # critique then revision
-            chains["critique"] = steps * self.critique.max_tokens + 1
+        chains = {j.stage: judge.longest_chain() for j, judge in zip(self.judges, self.built())}
         chains["generate"] = self.sampling.max_tokens + max(chains.values(), default=0)
         return chains
 
     def primary_judge(self) -> str | None:
         """The judge whose per-aspect annotations fill the UltraFeedback columns (the first that has any)."""
-        return next((j.spec.key for j in self.judges if make_judge(j.spec).aspects()), None)
+        return next((j.spec.key for j, judge in zip(self.judges, self.built()) if judge.aspects()), None)
 
-    def score_key(self, named: str | None) -> str | None:
-        """The judge whose scores rank completions: the recipe's `binarize.score`, else the first judge
-        that ranks by default (UltraFeedback), else the first judge."""
-        if named:
-            return named
-        keys = [j.spec.key for j in self.judges]
-        return next(
-            (j.spec.key for j in self.judges if make_judge(j.spec).ranks_by_default), next(iter(keys), None)
-        )
+    def score_key(self) -> str | None:
+        """The judge whose scores rank completions (`binarize.score`, else the default choice)."""
+        return ranking_key([j.spec for j in self.judges], self.score)
+
+    def scoring(self) -> list[str]:
+        """Judges with a score column."""
+        return [j.spec.key for j, judge in zip(self.judges, self.built()) if judge.gives_scores]
+
+    def noting(self) -> list[str]:
+        """Judges with a notes column."""
+        return [j.spec.key for j, judge in zip(self.judges, self.built()) if judge.gives_notes]
 
     def aspects(self) -> list[str]:
-        return next((a for j in self.judges if (a := make_judge(j.spec).aspects())), [])
+        return next((a for judge in self.built() if (a := judge.aspects())), [])
 
     def uf_features(self, with_provenance: bool = True) -> Any:
-        return uf_features(self.aspects(), [j.spec.key for j in self.judges], with_provenance)
+        return uf_features(self.aspects(), self.scoring(), with_provenance, self.noting())
 
 
 class ShardResult(BaseModel):
@@ -133,8 +137,7 @@ class ShardResult(BaseModel):
     cpairs: int = 0
     skipped: dict[str, int] = Field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # stage -> StageStats figures
-    judges: dict[str, dict[str, Any]] = Field(default_factory=dict)  # key -> tallies
-    critique: dict[str, Any] = Field(default_factory=dict)
+    judges: dict[str, dict[str, Any]] = Field(default_factory=dict)  # key -> tallies (`Judge.tally`)
     first_judged_at: float | None = None
     wall_s: float = 0.0
     cached: bool = False
@@ -149,12 +152,6 @@ def _scaled(endpoints: list[Endpoint], share: float) -> list[Endpoint]:
     return [
         e.model_copy(update={"max_concurrency": max(1, int(e.max_concurrency * share))}) for e in endpoints
     ]
-
-
-def _constitution(plan: ShardPlan) -> Any:
-    from judges.constitution_file import load_constitution
-
-    return load_constitution(Path(plan.constitution_path or ""))
 
 
 async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: dict[str, StageStats],
@@ -184,28 +181,18 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
         )
 
     gen = rec("generate", plan.policy_model)
-    judges = [make_judge(j.spec, rec(f"judge:{j.spec.key}", j.endpoints[0].model if j.endpoints else ""))
-              for j in plan.judges]  # fmt: skip
+    judges = [judge.bind(rec(j.stage, j.endpoints[0].model if j.endpoints else ""))
+              for j, judge in zip(plan.judges, plan.built())]  # fmt: skip
     keys = [j.spec.key for j in plan.judges]
-    critic = None
-    if plan.critique is not None and plan.constitution_path:
-        eps = plan.critique_endpoints
-        critic = PromptCritic(
-            plan.critique, _constitution(plan), rec("critique", eps[0].model), plan.allow_truncated_chosen
-        )
     window = asyncio.Semaphore(plan.window())
-    results: list[Any] = [None] * len(prompts)
+    results: list[PromptResult | str | None] = [None] * len(prompts)
 
     async def one(k: int, p: Any) -> None:
         async with window:
             comps, reason = await generate(gen, p, plan.policy_model, plan.sampling)
             if reason is None:
-                texts = [c["response"] for c in comps]
-                jobs = [j.judge(p.prompt_id, p.prompt, texts, p.messages) for j in judges]
-                jobs += [critic.run(p, comps)] if critic else []
-                done = await asyncio.gather(*jobs)
-                crits, labels = done[-1] if critic else ([], [])
-                results[k] = (comps, dict(zip(keys, done)), crits, labels)
+                done = await asyncio.gather(*(j.judge(p, comps) for j in judges))
+                results[k] = PromptResult(prompt=p, completions=comps, judged=dict(zip(keys, done)))
             else:
                 results[k] = reason
         progress.advance("prompts")
@@ -245,8 +232,7 @@ def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
     t0 = time.monotonic()
     prompts = read_shard(ref)
     stats: dict[str, StageStats] = {}
-    clients = {"generate": plan.policy_endpoints, "critique": plan.critique_endpoints,
-               **{f"judge:{j.spec.key}": j.endpoints for j in plan.judges}}  # fmt: skip
+    clients = {"generate": plan.policy_endpoints, **{j.stage: j.endpoints for j in plan.judges}}
     clients = {
         k: shared_client(_scaled(eps, plan.concurrency_share), plan.client)
         for k, eps in clients.items()
@@ -256,22 +242,18 @@ def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
         results = io_loop().run(_stream(prompts, plan, journal, stats, clients))
     res = ShardResult(index=ref.index, name=ref.name, fingerprint=fp, rows_path=str(folder / f"rows-{fp}.parquet"),
                       cpairs_path=str(folder / f"cpairs-{fp}.parquet"))  # fmt: skip
-    judges = {j.spec.key: make_judge(j.spec) for j in plan.judges}
-    primary = plan.primary_judge()
+    judges = {j.spec.key: judge for j, judge in zip(plan.judges, plan.built())}
+    primary, scoring, noting = plan.primary_judge(), plan.scoring(), plan.noting()
     rows, cpairs = [], []
-    for p, r in zip(prompts, results):
+    for r in results:
         if isinstance(r, str):
             res.skipped[r] = res.skipped.get(r, 0) + 1
             continue
-        comps, judged, crits, labels = r
-        rows.append(prompt_row(p, comps, judged, primary, crits))
-        for key, judgement in judged.items():
+        assert r is not None
+        rows.append(prompt_row(r, primary, scoring, noting))
+        for key, judgement in r.judged.items():
             judges[key].tally(res.judges.setdefault(key, {"type": judges[key].type}), judgement)
-        if plan.critique is not None:
-            tally_critique(res.critique, crits, labels, plan.allow_truncated_chosen)
-        cpairs += [{**c.model_dump(), "messages": p.messages + c.chosen}
-                   for c in constitution_pairs(p.messages, p.prompt_id, crits, labels,
-                                               plan.allow_truncated_chosen)]  # fmt: skip
+        cpairs += [{**c.model_dump(), "messages": r.prompt.messages + c.chosen} for c in extra_pairs(r)]
     res.prompts, res.completions, res.cpairs = (
         len(rows),
         sum(len(r["completions"]) for r in rows),

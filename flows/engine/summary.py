@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flows.dataset.build import BuildResult, sum_tallies
+from flows.dataset.build import BuildResult
 from flows.dataset.ledger import Ledger
 from flows.engine.budget import Usage
 from flows.engine.dispatch import EngineResult, RunSpec, load_manifest
+from flows.engine.shard import ShardPlan
 from serving.price import Price
 
 
@@ -70,7 +71,9 @@ def usage_table(eng: EngineResult, prices: dict[str, Price]) -> dict[str, Usage]
     return out
 
 
-def stage_results(eng: EngineResult) -> dict[str, StageResult]:
+def stage_results(eng: EngineResult, plan: ShardPlan) -> dict[str, StageResult]:
+    """Per stage: "generate", "judge" (every `judge:<key>` stage) and any stage a judge names itself
+    (a constitution judge's "critique": its rows are its candidate pairs, its skips their drops)."""
     out: dict[str, StageResult] = {}
     for s in eng.shards:
         for name, st in s.stages.items():
@@ -87,21 +90,26 @@ def stage_results(eng: EngineResult) -> dict[str, StageResult]:
     gen.prompts = sum(s.prompts for s in eng.shards)
     gen.rows = sum(s.completions for s in eng.shards)
     gen.skipped = dict(eng.skipped)
+    stage_of = {j.spec.key: "judge" if j.stage.startswith("judge:") else j.stage for j in plan.judges}
     if "judge" in out:
         out["judge"].rows = gen.prompts
-        pf = sum(int(t.get("parse_failures", 0)) for s in eng.shards for t in s.judges.values())
-        if pf:
-            out["judge"].skipped["parse_failures"] = pf
-    if "critique" in out:
-        crit = sum_tallies(s.critique for s in eng.shards)
-        out["critique"].rows = int(crit.get("rows", 0))
-        out["critique"].skipped = {k: int(v) for k, v in crit.get("skipped", {}).items()}
+    for s in eng.shards:
+        for key, t in s.judges.items():
+            r = out.get(stage_of.get(key, "judge"))
+            if r is None:
+                continue
+            if r.stage != "judge":
+                r.rows += int(t.get("candidates", 0))
+            for why, k in [("parse_failures", t.get("parse_failures", 0)), *t.get("dropped", {}).items()]:
+                if k:
+                    r.skipped[why] = r.skipped.get(why, 0) + int(k)
     return out
 
 
 def upstream_ledger(spec: RunSpec, eng: EngineResult) -> Ledger:
     """What the build is accountable for: prompts read (and dropped on input or at generation), samples
-    asked (n per prompt sent), constitution candidates (a critique or label each) and the shards' drops."""
+    asked (n per prompt sent), the candidate pairs judges made themselves (a critique or label each) and
+    the shards' drops."""
     man = load_manifest(spec.manifest_path, spec.manifest_sha256)
     n = spec.plan.sampling.n
     led = Ledger(notes=dict(man.notes))
@@ -111,9 +119,11 @@ def upstream_ledger(spec: RunSpec, eng: EngineResult) -> Ledger:
     for s in eng.shards:
         led.prompts.drops(s.skipped, "generate:")
         led.samples.drops({why: n * k for why, k in s.skipped.items()}, "prompt rejected at generation: ")
-        const = led.origin("constitution")
-        const.given += int(s.critique.get("rows", 0))
-        const.drops(s.critique.get("skipped", {}))
+        for t in s.judges.values():  # pairs the judges made themselves, under their origin
+            if t.get("candidates"):
+                acc = led.origin(str(t["origin"]))
+                acc.given += int(t["candidates"])
+                acc.drops(t.get("dropped", {}))
     return led
 
 

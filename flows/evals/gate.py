@@ -56,14 +56,15 @@ class Gate:
 
         assert recipe.gate is not None
         self.spec = recipe.gate
-        self.config = recipe.gate_judge()
-        assert self.config is not None
+        config = recipe.gate_judge()
+        assert config is not None
+        self.config = config.resolved(recipe_dir)
         self.path = resolve_path(self.spec.pairs, recipe_dir)
         self.pairs = load_pairs(self.path)[: self.spec.limit]
         self.served = recipe.judge_endpoint(self.config.judge)
-        judge = make_judge(self.config)
+        self.judge = make_judge(self.config)  # built once; `run` binds it to the endpoint's client
         h = hashlib.sha256(self.path.read_bytes())
-        h.update(f"{judge.fingerprint()}|{self.served.display_name()}|{self.spec.limit}".encode())
+        h.update(f"{self.judge.fingerprint()}|{self.served.display_name()}|{self.spec.limit}".encode())
         self.key = h.hexdigest()[:16]
         self.saved = out / "gate.json"
         self.client_config = recipe.client
@@ -79,14 +80,12 @@ class Gate:
     def run(self) -> GateResult:
         """Evaluate the judge on its live endpoint (call inside `live_endpoints`)."""
         from flows.evals.judge_eval import evaluate
-        from judges.registry import make_judge
         from serving.shared import run_sync, shared_client
 
         res = self.cached()
         if res is None:
             client = shared_client(self.served.endpoint_list(), self.client_config)
-            judge = make_judge(self.config, client)
-            ev = run_sync(lambda: evaluate(judge, self.pairs))
+            ev = run_sync(lambda: evaluate(self.judge.bind(client), self.pairs))
             res = GateResult(
                 judge=self.config.key, pairs=str(self.path), key=self.key, figures=ev.model_dump()
             )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, computed_field
 
-from judges.contract import Judge, Preference, Winner, both_orders
+from judges.contract import Judge, Preference, Winner, as_prompt, prefer_both_orders
 from serving.errors import DataError
 
 
@@ -24,6 +24,7 @@ class LabelledPair(BaseModel):
     rejected: str
     tie: bool = False
     category: str | None = None
+    columns: dict[str, Any] = {}  # the line's other fields: what a judge may read (e.g. a reference answer)
 
 
 class Figures(BaseModel):
@@ -83,8 +84,9 @@ def load_pairs(path: Path | str) -> list[LabelledPair]:
             raise DataError(f"{path}:{no}: `tie` must be true or false, got {rec['tie']!r}")
         if rec.get("category") is not None and not isinstance(rec["category"], str):
             raise DataError(f"{path}:{no}: `category` must be text, got {rec['category']!r}")
+        extra = {k: v for k, v in rec.items() if k not in LabelledPair.model_fields}
         out.append(LabelledPair(prompt=rec["prompt"], chosen=rec["chosen"], rejected=rec["rejected"],
-                                tie=rec.get("tie", False), category=rec.get("category")))  # fmt: skip
+                                tie=rec.get("tie", False), category=rec.get("category"), columns=extra))  # fmt: skip
     if not out:
         raise DataError(f"{path}: no pairs")
     return out
@@ -105,7 +107,7 @@ def length_verdict(pair: LabelledPair) -> Winner:
 
 def p_chosen(fwd: Preference, bwd: Preference) -> float | None:
     """P(chosen better) averaged over the orders that gave a probability (chosen shown first in `fwd`)."""
-    probs = [p for p in (fwd.p_first, None if bwd.p_first is None else 1 - bwd.p_first) if p is not None]
+    probs = [p for p in (fwd.p_x, None if bwd.p_x is None else 1 - bwd.p_x) if p is not None]
     return sum(probs) / len(probs) if probs else None
 
 
@@ -134,7 +136,7 @@ def figures(rows: list[_Judged], seed: int, resamples: int) -> dict[str, Any]:
     scores = [pair_score(r.verdict, r.pair.tie, r.fwd.winner == r.bwd.winner == "tie") for r in rows]
     lengths = [length_verdict(r.pair) for r in rows]
     baseline = [pair_score(v, r.pair.tie, v == "tie") for v, r in zip(lengths, rows)]
-    single = [v.winner for r in rows for v in (r.fwd, r.bwd) if v.winner in ("first", "second")]
+    single = [v.winner for r in rows for v in (r.fwd, r.bwd) if v.winner in ("x", "y")]
     soft, brier = [], []
     for r in rows:
         p = p_chosen(r.fwd, r.bwd)
@@ -143,7 +145,7 @@ def figures(rows: list[_Judged], seed: int, resamples: int) -> dict[str, Any]:
             soft.append(1 - abs(target - p))  # = P(chosen) on a preference pair
             brier.append((target - p) ** 2)
     ties = sum(r.verdict == "tie" for r in rows)
-    agree = sum((r.fwd.winner, r.bwd.winner) in (("first", "second"), ("second", "first"), ("tie", "tie"))
+    agree = sum((r.fwd.winner, r.bwd.winner) in (("x", "y"), ("y", "x"), ("tie", "tie"))
                 for r in rows)  # fmt: skip
     accuracy, length_baseline = sum(scores) / n, sum(baseline) / n
     ci_low, ci_high = bootstrap_ci(scores, seed, resamples)
@@ -152,7 +154,7 @@ def figures(rows: list[_Judged], seed: int, resamples: int) -> dict[str, Any]:
         soft_accuracy=sum(soft) / len(soft) if soft else None,
         brier=sum(brier) / len(brier) if brier else None,
         tie_rate=ties / n, consistency=agree / n,
-        p_first=single.count("first") / len(single) if single else None,
+        p_first=single.count("x") / len(single) if single else None,
         length_baseline=length_baseline, margin_over_length=accuracy - length_baseline,
     )  # fmt: skip
 
@@ -167,8 +169,10 @@ async def evaluate(judge: Judge, pairs: Sequence[Any], *, seed: int = 0, resampl
         raise ValueError("resamples must be at least 1")
     pairs = [p if isinstance(p, LabelledPair) else LabelledPair.model_validate(p, from_attributes=True)
              for p in pairs]  # fmt: skip
-    results = await asyncio.gather(*(both_orders(judge, p.prompt, p.chosen, p.rejected) for p in pairs))
-    rows = [_Judged(pair=p, verdict=w, fwd=a, bwd=b) for p, (w, a, b) in zip(pairs, results)]
+    results = await asyncio.gather(
+        *(prefer_both_orders(judge, as_prompt(p.prompt, p.columns), p.chosen, p.rejected) for p in pairs)
+    )
+    rows = [_Judged(pair=p, verdict=both.winner, fwd=a, bwd=b) for p, (both, a, b) in zip(pairs, results)]
     categories: dict[str, list[_Judged]] = {}
     if any(p.category is not None for p in pairs):
         for r in rows:

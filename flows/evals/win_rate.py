@@ -1,9 +1,11 @@
-"""A round's evaluation: greedy answers of each policy on the held-out prompts (kept per policy hash,
-so each policy answers once), and the win rate of one policy over another, both orders, 95% interval."""
+"""Win rates of one policy over another: greedy answers on held-out prompts (kept per policy hash, so each
+policy answers once), judged in both orders by the recipe's pairwise judge, ties half, Wilson 95% interval."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,12 +14,25 @@ from pydantic import BaseModel
 
 from flows.dataset.atomic_files import atomic_write_text
 from flows.dataset.prompts import PromptRow
-from flows.evals.policy_eval import answers, judge_ab, wilson
+from flows.engine.live_endpoints import live_endpoints
+from judges.contract import Side, prefer_both_orders
+from judges.registry import make_judge, pick
 from serving.endpoint import ClientConfig
+from serving.models import DEFAULT_MODEL
 from serving.served import ServedModel
+from serving.shared import run_sync, shared_client
 
 if TYPE_CHECKING:
     from flows.recipe import Recipe
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 class WinRate(BaseModel):
@@ -31,8 +46,50 @@ class WinRate(BaseModel):
     losses: int
     ties: int
 
+    @classmethod
+    def of(cls, winners: list[Side]) -> WinRate:
+        """From per-prompt verdicts, x = the policy measured."""
+        wins, losses, n = winners.count("x"), winners.count("y"), len(winners)
+        rate = (wins + 0.5 * (n - wins - losses)) / n if n else 0.0
+        lo, hi = wilson(rate, n)
+        return cls(rate=rate, ci_low=lo, ci_high=hi, n=n, wins=wins, losses=losses, ties=n - wins - losses)
+
     def cell(self) -> str:
         return f"{self.rate:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+
+
+def answers(spec: ServedModel, prompts: list[PromptRow], max_tokens: int, cfg: ClientConfig) -> list[str]:
+    """Greedy answers of the model behind `spec` (a local server is started or reused)."""
+    with live_endpoints(spec) as (eps,):
+        client = shared_client(eps, cfg)
+
+        async def go() -> list[str]:
+            res = await asyncio.gather(*(client.chat(p.messages, temperature=0.0, max_tokens=max_tokens)
+                                         for p in prompts))  # fmt: skip
+            return [r.choices[0].text for r in res]
+
+        return run_sync(go)
+
+
+def judge_ab(recipe: Recipe, prompts: list[PromptRow], a: list[str], b: list[str]) -> tuple[list[Side], str]:
+    """Per prompt "x" (A won both orders), "y" (B did) or "tie", by the recipe's evaluation judge
+    (`judges.registry.pick`: its pairwise judge, else its first scoring judge, else a default one on the
+    recipe's policy endpoint); and the judge's model name."""
+    config = pick(recipe.judges, None)
+    with live_endpoints(recipe.judge_endpoint(config.judge)) as (eps,):
+        judge = make_judge(config, shared_client(eps, recipe.client))
+
+        async def go() -> list[Side]:  # x = A's answer; a win needs both orders
+            res = await asyncio.gather(
+                *(prefer_both_orders(judge, p, x, y) for p, x, y in zip(prompts, a, b))
+            )
+            return [both.winner for both, _, _ in res]
+
+        return run_sync(go), eps[0].model if eps else DEFAULT_MODEL
+
+
+def win_rate(recipe: Recipe, prompts: list[PromptRow], a: list[str], b: list[str]) -> WinRate:
+    return WinRate.of(judge_ab(recipe, prompts, a, b)[0])
 
 
 def policy_answers(spec: ServedModel, policy: Any, prompts: list[PromptRow], max_tokens: int, folder: Path,
@@ -49,13 +106,3 @@ def policy_answers(spec: ServedModel, policy: Any, prompts: list[PromptRow], max
     atomic_write_text(path, json.dumps({"policy": policy.model, "sha256": policy.sha256, "ids": ids,
                                         "answers": got}) + "\n")  # fmt: skip
     return got
-
-
-def win_rate(recipe: Recipe, prompts: list[PromptRow], a: list[str], b: list[str]) -> WinRate:
-    winners, _ = judge_ab(recipe, prompts, a, b)
-    wins, losses = winners.count("x"), winners.count("y")
-    n = len(winners)
-    ties = n - wins - losses
-    rate = (wins + 0.5 * ties) / n if n else 0.0
-    lo, hi = wilson(rate, n)
-    return WinRate(rate=rate, ci_low=lo, ci_high=hi, n=n, wins=wins, losses=losses, ties=ties)

@@ -14,13 +14,10 @@ def iterate_flow(
     next_only: bool = True, no_gate: bool = False,
 ) -> dict:  # fmt: skip
     """Rounds 1..count of the recipe (finished ones read back); paths and numbers in, never rows."""
-    from flows.recipe import load_recipe
+    from flows.recipe import load_run
     from flows.rounds.loop import iterate
 
-    recipe = load_recipe(recipe_path)
-    if limit:
-        recipe.prompts.limit = limit
-    out_dir = Path(out) if out else recipe.output_dir()
+    recipe, out_dir = load_run(recipe_path, limit or None, out)
     done = iterate(recipe, out_dir, count=count, recipe_dir=Path(recipe_path).parent, next_only=next_only,
                    no_gate=no_gate)  # fmt: skip
     return {"out_dir": str(out_dir), "rounds_finished": len(done), "rounds": [r.model_dump() for r in done]}
