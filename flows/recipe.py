@@ -157,27 +157,42 @@ class GateSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    """Overrides for the method's trainer config (trainers/<method>.py); a field left out keeps the
-    trainer's own default."""
+    """`train:` the method and any field of its trainer config (trainers/configs.py, the one place they are
+    declared); a field left out keeps the trainer's own default, an unknown one is refused."""
+
+    model_config = ConfigDict(extra="allow")
 
     method: Literal["sft", "dpo", "reward", "ppo"] = "dpo"
     model: str | None = Field(default=None, description="defaults to the policy model")
-    max_steps: int | None = Field(default=None, ge=1)
-    batch_size: int | None = Field(default=None, ge=1)
-    learning_rate: float | None = Field(default=None, gt=0)
-    max_length: int | None = Field(default=None, ge=16)
-    beta: float | None = Field(default=None, gt=0, description="dpo: KL strength")
-    lora: bool | None = None
-    trust_remote_code: bool = False
     reward_model: str | None = Field(default=None, description="ppo: folder from `rlaif train reward`")
 
     _models_exist = field_validator("model", "reward_model")(check_model_ref)
 
     @model_validator(mode="after")
-    def _ppo_needs_reward_model(self) -> TrainSpec:
+    def _trainer_fields(self) -> TrainSpec:
+        from trainers.configs import METHOD_CONFIGS, method_fields
+
+        allowed = method_fields(self.method)
+        for name in self.model_extra or {}:
+            if name not in allowed:
+                raise field_error((name,), f"unknown field for method {self.method}; fields: "
+                                  f"{', '.join(sorted(allowed))}", name)  # fmt: skip
+        try:
+            METHOD_CONFIGS[self.method].model_validate({**self.fields(), "dataset": "-", "output": "-"})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise field_error(tuple(err["loc"]), err["msg"], err.get("input")) from None
         if self.method == "ppo" and not self.reward_model:
             raise ValueError("method ppo needs `reward_model: <folder from rlaif train reward>`")
         return self
+
+    def fields(self) -> dict[str, object]:
+        """What goes to the trainer's config (the method's own fields only)."""
+        out = dict(self.model_extra or {})
+        out.update(
+            {k: v for k, v in (("model", self.model), ("reward_model", self.reward_model)) if v is not None}
+        )
+        return out
 
 
 EXECUTION_FIELDS = {

@@ -9,7 +9,12 @@ engine against the SERVER's figures instead of rlaif's own bookkeeping.
 Usage is computed from the request, deterministically: `prompt_tokens` = characters of all message
 contents // 4 + 1 (never above rlaif's own worst-case estimate), `completion_tokens` = words of the
 answer, never more than `max_tokens`. Judge requests (a `response_format` json_schema named
-"ratings" or "verdict") are answered with valid JSON, so the stub can be the judge too.
+"ratings" or "verdict") are answered with valid JSON, so the stub can be the judge too. A request
+with `structured_outputs: {choice: [...]}` (vLLM's guided choice, e.g. the constitution's A/B labels)
+is answered with one of the choices. A request with `logprobs: true` gets OpenAI-style
+`logprobs.content` for its answer (tokens that join to the text); the token where a verdict or a
+choice starts lists every option in `top_logprobs` (the answered one most likely), so a soft
+preference can be read from it. In `hash` mode these, too, depend on the request body only.
 
 `url(phase)` is a base URL whose requests are counted apart (`received_in(phase)`): give each run of a
 test its own, so a request of a killed run that reaches the stub late is never counted as the next
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +36,10 @@ from typing import Any
 
 WORDS = ("apple river stone cloud maple lantern copper meadow violet harbor pepper quartz timber "
          "falcon saddle ember willow orbit canyon velvet thistle pebble comet garnet").split()  # fmt: skip
+
+
+VERDICT_OPTIONS = ("A", "B", "tie")
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]")  # a stub "tokenizer": words, runs of spaces, single signs
 
 
 def prompt_tokens_of(req: dict[str, Any]) -> int:
@@ -43,6 +54,49 @@ def words_for(seed: int, count: int) -> list[str]:
             h = hashlib.sha256(h).digest()
         out.append(WORDS[h[i % 16] % len(WORDS)])
     return out
+
+
+def guided_choices(req: dict[str, Any]) -> list[str]:
+    """The options of a guided-choice request (`structured_outputs.choice`, or the older `guided_choice`)."""
+    so = req.get("structured_outputs")
+    choices = (so.get("choice") if isinstance(so, dict) else None) or req.get("guided_choice")
+    return [str(c) for c in choices] if isinstance(choices, list) and choices else []
+
+
+def answer_logprobs(req: dict[str, Any], text: str, seed: int) -> dict[str, Any]:
+    """OpenAI-style `logprobs` of an answer: its tokens (they join to `text`), each certain (logprob 0)
+    but the decision token (a verdict's value, a guided choice), where every option is listed in
+    `top_logprobs`: the answered one gets 0.51-0.95, the others share 90% of the rest. A function of
+    (`req`, `text`, `seed`) only."""
+    top_n = int(req.get("top_logprobs") or 0)
+
+    def entry(token: str, probs: dict[str, float]) -> dict[str, Any]:
+        tops = sorted(({"token": t, "logprob": math.log(p), "bytes": list(t.encode())}
+                       for t, p in probs.items()), key=lambda e: -e["logprob"])  # fmt: skip
+        return {"token": token, "logprob": math.log(probs[token]), "bytes": list(token.encode()),
+                "top_logprobs": tops[:top_n]}  # fmt: skip
+
+    def plain(part: str) -> list[dict[str, Any]]:
+        return [entry(t, {t: 1.0}) for t in _TOKEN.findall(part)]
+
+    options: tuple[str, ...] = ()
+    at = -1  # where the decision token starts in `text`
+    fmt = req.get("response_format") or {}
+    schema = fmt.get("json_schema", {}) if isinstance(fmt, dict) else {}
+    if schema.get("name") == "verdict":
+        key = '"verdict": "'
+        options, at = VERDICT_OPTIONS, (text.find(key) + len(key) if key in text else -1)
+    elif choices := guided_choices(req):
+        options, at = tuple(choices), 0
+    decision = next((o for o in options if at >= 0 and text.startswith(o, at)), None)
+    if decision is None:
+        return {"content": plain(text)}
+    h = hashlib.sha256(f"logprobs-{seed}".encode()).digest()
+    p_top = (51 + h[0] % 45) / 100
+    others = [o for o in options if o != decision]
+    weights = [1 + h[1 + i] % 8 for i in range(len(others))]
+    probs = {decision: p_top} | {o: 0.9 * (1 - p_top) * w / sum(weights) for o, w in zip(others, weights)}
+    return {"content": [*plain(text[:at]), entry(decision, probs), *plain(text[at + len(decision) :])]}
 
 
 class CountingChatStub:
@@ -189,6 +243,8 @@ class CountingChatStub:
             text = json.dumps(
                 {"verdict": ("A", "B", "tie")[seed % 3], "rationale": " ".join(words_for(seed, 3))}
             )
+        elif choices := guided_choices(req):
+            text = choices[seed % len(choices)]
         else:
             if self.near_max:
                 count = max(2, max_tokens - 1 - k % self.near_max)
@@ -203,10 +259,11 @@ class CountingChatStub:
             text = " ".join(words)
         usage = {"prompt_tokens": prompt_tokens_of(req), "completion_tokens": len(words)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        logprobs = answer_logprobs(req, text, seed) if req.get("logprobs") else None
         return {
             "id": f"stub-{k}", "object": "chat.completion", "model": req.get("model", self.model),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish, "logprobs": None}],
+                         "finish_reason": finish, "logprobs": logprobs}],
             "usage": usage,
         }  # fmt: skip
 

@@ -13,30 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from serving.errors import DataError, ModelError
 from serving.models import resolve_model
 from serving.settings import progress_enabled
-
-
-class TrainConfig(BaseModel):
-    """Fields every trainer takes; each method's config adds its own (beta, kl_coef, ...)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(default="smollm2-135m-instruct", description="model folder, name or hub id")
-    dataset: str = Field(description="a build output folder (OUT) or its `binarized` folder")
-    output: str = Field(description="folder the trained model, metrics.json and curves.png go to")
-    max_steps: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=4, ge=1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    learning_rate: float = Field(default=5e-6, gt=0)
-    max_length: int = Field(default=256, ge=16)
-    lora: bool = Field(default=False, description="train LoRA adapters (peft) instead of all weights")
-    lora_r: int = Field(default=16, ge=1)
-    seed: int = 0
-    trust_remote_code: bool = False
+from trainers.configs import TrainConfig
 
 
 def use_cuda() -> bool:

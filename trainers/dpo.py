@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-
 from trainers.common import (
-    TrainConfig,
     device_args,
     finish,
     load_model,
@@ -17,13 +14,9 @@ from trainers.common import (
     staged_output,
     trained_model,
 )  # fmt: skip
+from trainers.configs import DPOTrainConfig
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
-
-
-class DPOTrainConfig(TrainConfig):
-    beta: float = Field(default=0.1, gt=0, description="KL strength toward the reference model")
-    learning_rate: float = 5e-6
 
 
 def train(config: DPOTrainConfig) -> Path:

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field
 
 from serving.errors import ModelError
 from serving.reward_scoring import read_normalization
 from trainers.common import (
-    TrainConfig,
     device_args,
     finish,
     load_model,
@@ -19,13 +17,7 @@ from trainers.common import (
     model_path,
     staged_output,
 )
-
-
-class PPOTrainConfig(TrainConfig):
-    reward_model: str | None = Field(default=None, description="folder written by `rlaif train reward`")
-    kl_coef: float = Field(default=0.05, ge=0)
-    response_length: int = Field(default=24, ge=1)
-    learning_rate: float = 3e-6
+from trainers.configs import PPOTrainConfig
 
 
 class NormalizedHead(torch.nn.Module):

@@ -7,11 +7,8 @@ import json
 import statistics
 from pathlib import Path
 
-from pydantic import Field
-
 from serving.reward_scoring import NORMALIZATION_FILE, conversation_text, raw_scores
 from trainers.common import (
-    TrainConfig,
     device_args,
     finish,
     load_model,
@@ -20,11 +17,7 @@ from trainers.common import (
     staged_output,
     trained_model,
 )  # fmt: skip
-
-
-class RewardTrainConfig(TrainConfig):
-    use_margin: bool = Field(default=False, description="pass the `margin` column to the loss")
-    learning_rate: float = 1e-5
+from trainers.configs import RewardTrainConfig
 
 
 def pair_accuracy(model, tok, ds, max_length: int) -> float | None:  # noqa: ANN001

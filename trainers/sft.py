@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainers.common import (
-    TrainConfig,
     device_args,
     finish,
     load_model,
@@ -13,10 +12,7 @@ from trainers.common import (
     peft_config,
     staged_output,
 )
-
-
-class SFTTrainConfig(TrainConfig):
-    learning_rate: float = 2e-5
+from trainers.configs import SFTTrainConfig
 
 
 def train(config: SFTTrainConfig) -> Path:

@@ -5,18 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+
+def trainer_options() -> dict[str, tuple[Any, set[str]]]:
+    """Every trainer config field (trainers/configs.py) -> (its field info, the methods that take it):
+    `rlaif train`'s options are derived from them, not declared again."""
+    from trainers.configs import METHOD_CONFIGS, RUN_FIELDS
+
+    out: dict[str, tuple[Any, set[str]]] = {}
+    for method, cls in METHOD_CONFIGS.items():
+        for name, info in cls.model_fields.items():
+            if name not in RUN_FIELDS:
+                out.setdefault(name, (info, set()))[1].add(method)
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from flows.training.train_flow import train_method
 
     output = args.output or str(Path(args.dataset) / "models" / args.method)
-    path = train_method(
-        args.method, model=args.model, dataset=args.dataset, output=output, max_steps=args.max_steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
-        beta=args.beta, kl_coef=args.kl_coef, lora=args.lora or None, reward_model=args.reward_model,
-        use_margin=args.use_margin or None,
-    )  # fmt: skip
+    fields = {name: getattr(args, name) for name in trainer_options()}
+    path = train_method(args.method, dataset=args.dataset, output=output, **fields)
     metrics = json.loads((path / "metrics.json").read_text())
     print(json.dumps({"output": str(path), **{k: v for k, v in metrics.items() if k != "log_history"}}))
     return 0
@@ -32,20 +42,26 @@ def cmd_eval_policy(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("train", help="train on a build output: sft | dpo | reward | ppo (TRL)")
+    from trainers.configs import METHOD_CONFIGS
+
+    p = sub.add_parser("train", help="train on a build output: sft | dpo | reward | ppo (TRL)",
+                       description="Train with TRL on a build output. Every option is a field of the "
+                       "method's trainer config (trainers/configs.py); left out, the trainer's default holds.")  # fmt: skip
     p.add_argument("method", choices=["sft", "dpo", "reward", "ppo"])
     p.add_argument("--dataset", required=True, help="build output folder (has binarized/)")
-    p.add_argument("--model", default=None, help="base model (default: bundled SmolLM2)")
     p.add_argument("--output", default=None, help="output folder (default: DATASET/models/METHOD)")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--beta", type=float, default=None, help="DPO: KL strength")
-    p.add_argument("--kl-coef", type=float, default=None, help="PPO: KL coefficient")
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged on save")
-    p.add_argument("--reward-model", default=None, help="PPO: folder from `rlaif train reward`")
-    p.add_argument("--use-margin", action="store_true", help="reward: use the margin column")
+    for name, (info, methods) in trainer_options().items():
+        flag = "--" + name.replace("_", "-")
+        only = "" if len(methods) == 4 else f" ({', '.join(sorted(methods))} only)"
+        defaults = {METHOD_CONFIGS[m].model_fields[name].default for m in methods}
+        default = info.default if len(defaults) == 1 else "per method"
+        help_text = f"{info.description or name.replace('_', ' ')}{only}; default {default}"
+        if info.annotation is bool or info.annotation == "bool":
+            p.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(info.annotation), None) or (
+                info.annotation if info.annotation in (int, float) else str)  # fmt: skip
+            p.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=help_text)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval-policy", help="win rate of model A over baseline B, judged pairwise")

@@ -12,24 +12,26 @@ from serving.errors import ConfigError
 
 
 def train_method(method: str, **fields: Any) -> Path:
-    """Build the method's config from `fields` (None values dropped) and train; returns the folder."""
+    """Build the method's config (trainers/configs.py) from `fields` (None values: the trainer's default)
+    and train; returns the folder. A field the method does not take is refused, never dropped."""
+    import importlib
+
     from pydantic import ValidationError
 
-    from trainers import dpo, ppo, reward, sft
+    from trainers.configs import METHOD_CONFIGS
 
-    module, config_cls = {
-        "sft": (sft, sft.SFTTrainConfig), "dpo": (dpo, dpo.DPOTrainConfig),
-        "reward": (reward, reward.RewardTrainConfig), "ppo": (ppo, ppo.PPOTrainConfig),
-    }[method]  # fmt: skip
-    clean = {
-        k: v for k, v in fields.items() if v is not None and k in config_cls.model_fields and k != "method"
-    }
+    config_cls = METHOD_CONFIGS[method]
+    given = {k: v for k, v in fields.items() if v is not None and k != "method"}
+    unknown = sorted(set(given) - set(config_cls.model_fields))
+    if unknown:
+        raise ConfigError(f"train {method}: {', '.join(unknown)}: not a field of the {method} trainer; "
+                          f"fields: {', '.join(sorted(config_cls.model_fields))}")  # fmt: skip
     try:
-        config = config_cls(**clean)
+        config = config_cls(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"train {method}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    return module.train(config)
+    return importlib.import_module(f"trainers.{method}").train(config)
 
 
 @flow(name="rlaif-train")
@@ -44,8 +46,7 @@ def train_after_build(recipe: Recipe, out: Path) -> dict[str, Any]:
     spec = recipe.train
     assert spec is not None
     output = out / "models" / spec.method
-    fields = spec.model_dump(exclude={"method"})
-    fields.update(model=spec.model or recipe.policy.model, dataset=str(out), output=str(output))
+    fields = {**spec.fields(), "model": spec.model or recipe.policy.model, "dataset": str(out), "output": str(output)}
     path = train_flow(spec.method, fields)
     metrics = json.loads((Path(path) / "metrics.json").read_text())
     return {"method": spec.method, "output": path,
