@@ -106,8 +106,10 @@ class PairwiseJudge(Judge):
     config_class = PairwiseConfig
     templates = ("pairwise.jinja2",)
 
-    def __init__(self, config: PairwiseConfig | None = None, client: Any = None) -> None:
-        super().__init__(config or PairwiseConfig(), client)
+    def __init__(
+        self, config: PairwiseConfig | None = None, client: Any = None, allow_truncated_chosen: bool = False
+    ) -> None:
+        super().__init__(config or PairwiseConfig(), client, allow_truncated_chosen)
         self.cfg: PairwiseConfig = self.config  # type: ignore[assignment]
 
     def requests_per_prompt(self, n: int) -> int:

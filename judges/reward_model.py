@@ -37,8 +37,10 @@ class RewardModelJudge(Judge):
     config_class = RewardModelConfig
     uses_endpoint = False
 
-    def __init__(self, config: RewardModelConfig, client: Any = None) -> None:
-        super().__init__(config, client)
+    def __init__(
+        self, config: RewardModelConfig, client: Any = None, allow_truncated_chosen: bool = False
+    ) -> None:
+        super().__init__(config, client, allow_truncated_chosen)
         self.cfg = config
 
     @property

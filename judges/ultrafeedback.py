@@ -121,8 +121,10 @@ class UltraFeedbackJudge(Judge):
     ranks_by_default = True
     templates = ("ultrafeedback",)
 
-    def __init__(self, config: UltraFeedbackConfig, client: Any = None) -> None:
-        super().__init__(config, client)
+    def __init__(
+        self, config: UltraFeedbackConfig, client: Any = None, allow_truncated_chosen: bool = False
+    ) -> None:
+        super().__init__(config, client, allow_truncated_chosen)
         self.cfg = config
 
     def aspects(self) -> list[str]:

@@ -9,9 +9,8 @@ import re
 
 import pytest
 
-from flows.dataset.prompts import PromptRow
-from flows.dataset.rows import prompt_row
-from judges.contract import Judgement, VerdictRow
+from flows.dataset.rows import PromptResult, prompt_row
+from judges.contract import Completion, Judgement, Prompt, SampleParams, VerdictRow, as_completions, as_prompt
 from judges.pairwise import PairwiseConfig, PairwiseJudge
 from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge
 from serving.endpoint import ChatResult, Choice
@@ -41,12 +40,16 @@ class RatesByText:
 RESPONSES = [f"answer {k} quality={q}" for k, q in enumerate([2, 5, 1, 4, 3])]
 
 
+def ask(prompt_id: str, text: str) -> Prompt:
+    return Prompt(prompt_id=prompt_id, prompt=text, messages=[{"role": "user", "content": text}])
+
+
 def test_ultrafeedback_shuffles_per_prompt_and_maps_ratings_back():
     shown = []
     for prompt_id in ["p-0", "p-1", "q-17", "xyz"]:
         client = RatesByText()
         judge = UltraFeedbackJudge(UltraFeedbackConfig(), client)
-        j = asyncio.run(judge.judge(prompt_id, "question", RESPONSES))
+        j = asyncio.run(judge.judge(ask(prompt_id, "question"), as_completions(RESPONSES)))
         # each completion gets its own quality back on every aspect, whatever order it was shown in
         assert j.scores == [2.0, 5.0, 1.0, 4.0, 3.0]
         for ann, q in zip(j.annotations, [2, 5, 1, 4, 3]):
@@ -64,15 +67,15 @@ def test_ultrafeedback_prefer_shows_exactly_the_given_order(seed):
     """Every aspect, every seed: a seeded shuffle here (bug E) turns some aspects' two orders into one."""
     client = RatesByText()
     judge = UltraFeedbackJudge(UltraFeedbackConfig(seed=seed), client)
-    first = asyncio.run(judge.prefer("q", "x quality=2", "y quality=4"))
-    second = asyncio.run(judge.prefer("q", "y quality=4", "x quality=2"))
+    first = asyncio.run(judge.prefer(as_prompt("q"), "x quality=2", "y quality=4"))
+    second = asyncio.run(judge.prefer(as_prompt("q"), "y quality=4", "x quality=2"))
     assert client.shown == [[2, 4]] * len(ASPECTS) + [[4, 2]] * len(ASPECTS)
-    assert first.winner == "second" and second.winner == "first"
+    assert first.winner == "y" and second.winner == "x"  # x = shown first
 
 
 def test_pairwise_two_orders_agree_on_the_better_completion():
     judge = PairwiseJudge(PairwiseConfig(logprobs=False), RatesByText())
-    j = asyncio.run(judge.judge("p", "question", RESPONSES[:3]))  # qualities 2, 5, 1
+    j = asyncio.run(judge.judge(ask("p", "question"), as_completions(RESPONSES[:3])))  # qualities 2, 5, 1
     winners = {(v.i, v.j): v.winner for v in j.verdicts}
     assert winners == {(0, 1): "y", (0, 2): "x", (1, 2): "x"}
     assert all(v.consistent for v in j.verdicts)
@@ -81,14 +84,15 @@ def test_pairwise_two_orders_agree_on_the_better_completion():
 
 def test_row_maps_judgements_to_sample_indices():
     """Judgement lists follow the completions' order; rows name completions by sample_index."""
-    comps = [{"sample_index": s, "model": "m", "response": f"r{s}", "sampling": {}, "finish_reason": "stop",
-              "completion_tokens": 1} for s in (3, 0, 2)]  # fmt: skip
+    params = SampleParams(temperature=1.0, top_p=1.0, max_tokens=8, seed=None)
+    comps = [Completion(sample_index=s, model="m", response=f"r{s}", sampling=params, finish_reason="stop",
+                        completion_tokens=1) for s in (3, 0, 2)]  # fmt: skip
     judged = {
         "uf": Judgement(scores=[1.0, 5.0, 3.0], annotations=[{"a": {"rating": k}} for k in (1, 5, 3)]),
         "pw": Judgement(scores=[0.0, 1.0, 0.5], verdicts=[VerdictRow(i=0, j=1, winner="y", consistent=True)]),
     }
-    prompt = PromptRow(prompt_id="p", prompt="q", messages=[{"role": "user", "content": "q"}])
-    row = prompt_row(prompt, comps, judged, "uf", [])
+    result = PromptResult(prompt=ask("p", "q"), completions=comps, judged=judged)
+    row = prompt_row(result, "uf", ["uf", "pw"], [])
     by_index = {c["sample_index"]: c for c in row["completions"]}
     assert by_index[0]["scores"] == {"uf": 5.0, "pw": 1.0} and by_index[0]["fine_grained_score"] == 5.0
     assert by_index[3]["annotations"] == {"a": {"rating": 1}}

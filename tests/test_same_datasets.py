@@ -90,7 +90,7 @@ VOLATILE = {
 }
 SUMMARY_BUILD = ("prompts", "completions", "pairs", "constitution_pairs", "stats", "lints", "ledger",
                  "mean_len_chosen", "mean_len_rejected")  # fmt: skip
-JUDGE_TEXT = ("quality", "headline")  # the card's sentences made of the judge figures that are kept
+JUDGE_TEXT = ("quality", "headline", "section", "constitution")  # card sentences made of kept figures; a file path
 USAGE = ("requests", "replayed", "prompt_tokens", "completion_tokens")  # the stub's own figures
 
 
