@@ -27,7 +27,7 @@ from flows.dataset.atomic_files import read_json, write_json
 from flows.dataset.binarize import BinarizeStats, best_of_n, binarize_prompt, is_test, verdict_probabilities
 from flows.dataset.ledger import Account, Ledger
 from flows.dataset.lints import Linter, LintReport, lint_fingerprint
-from flows.dataset.schema import binarized_features
+from flows.dataset.schema import UF_DIR, binarized_features
 from flows.recipe import BinarizeSpec, LintSpec
 from judges.contract import merge
 
@@ -96,7 +96,7 @@ class _Writers:
     def __init__(self, root: Path, uf_schema: pa.Schema) -> None:
         self.root = root
         self.pair_schema = binarized_features().arrow_schema
-        self.uf = pq.ParquetWriter(root / "parquet" / "ultrafeedback" / "train.parquet", uf_schema)
+        self.uf = pq.ParquetWriter(root / "parquet" / UF_DIR / "train.parquet", uf_schema)
         self.splits = {s: pq.ParquetWriter(root / "parquet" / "binarized" / f"{s}.parquet", self.pair_schema)
                        for s in SPLITS}  # fmt: skip
         self.counts = dict.fromkeys(SPLITS, 0)
@@ -155,7 +155,7 @@ def build(
     fp = hashlib.sha256(json.dumps(fp_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / "build.json"
-    if marker.exists() and all((out_dir / d).exists() for d in ("binarized", "ultrafeedback", "parquet")):
+    if marker.exists() and all((out_dir / d).exists() for d in ("binarized", UF_DIR, "parquet")):
         old = BuildResult.model_validate(read_json(marker))
         if old.fingerprint == fp:
             return old.model_copy(update={"cached": True}), None
@@ -168,7 +168,7 @@ def build(
     res = BuildResult(out_dir=str(out_dir), fingerprint=fp)
     upstream = ledger is not None
     led = ledger.model_copy(deep=True) if ledger is not None else Ledger()
-    judged, const = led.origin("judge"), led.origin("constitution")
+    judged = led.origin("judge")
     plot = PlotData()
     linter = Linter(lints, eval_files)
     allow_cut = lints.allow_truncated_chosen
@@ -232,13 +232,14 @@ def build(
                         out[f"{split}_sft"].append(sft)
                     else:
                         led.sft.drop(linter.last_drop or "lint")
-                for cp in pq.read_table(s.cpairs_path).to_pylist():
+                for cp in pq.read_table(s.cpairs_path).to_pylist():  # pairs the judges made themselves
+                    const = led.origin(cp["origin"])
                     if not upstream:
                         const.given += 1
                     if cp["prompt_id"] in linter.dropped:
                         const.drop("prompt dropped by lints")
                         continue
-                    if not constitution_pair_kept(cp, spec, res.stats, const):
+                    if not extra_pair_kept(cp, spec, res.stats, const):
                         continue
                     if not linter.keep_pair(cp):
                         const.drop(linter.last_drop or "lint")
@@ -274,7 +275,7 @@ def build(
         if n_pairs:
             res.mean_len_chosen, res.mean_len_rejected = len_c / n_pairs, len_r / n_pairs
         _to_datasets(staging, fp)
-        for name in ("binarized", "ultrafeedback", "parquet"):
+        for name in ("binarized", UF_DIR, "parquet"):
             target = out_dir / name
             if target.exists():
                 shutil.rmtree(target)
@@ -287,10 +288,11 @@ def build(
     return res, plot
 
 
-def constitution_pair_kept(pair: dict[str, Any], spec: BinarizeSpec, stats: BinarizeStats,
-                           account: Account | None = None) -> bool:  # fmt: skip
-    """The recipe's `keep_ties` applies to constitution pairs as to judged ones; their margin (0-1) is
-    held to `constitution_min_margin`, not to the judge's `min_margin` (another scale)."""
+def extra_pair_kept(pair: dict[str, Any], spec: BinarizeSpec, stats: BinarizeStats,
+                    account: Account | None = None) -> bool:  # fmt: skip
+    """The recipe's `keep_ties` applies to the pairs judges made themselves (a constitution's) as to
+    ranked ones; their margin (0-1) is held to `constitution_min_margin`, not to the ranking judge's
+    `min_margin` (another scale)."""
     account = account or Account()
     if pair["margin"] <= 0 and not spec.keep_ties:
         stats.ties_dropped += 1
@@ -311,7 +313,7 @@ def _to_datasets(staging: Path, fingerprint: str) -> None:
     write_dataset_dict(
         {s: pq_dir / "binarized" / f"{s}.parquet" for s in SPLITS}, staging / "binarized", fingerprint
     )
-    write_dataset(pq_dir / "ultrafeedback" / "train.parquet", staging / "ultrafeedback", f"{fingerprint}-uf")
+    write_dataset(pq_dir / UF_DIR / "train.parquet", staging / UF_DIR, f"{fingerprint}-uf")
 
 
 def sum_tallies(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -108,8 +108,6 @@ def ledger_section(build: Any) -> list[str]:
              "checks that each line adds up.", "", "| what | given | kept | dropped (why: count) |",
              "|---|---|---|---|"]  # fmt: skip
     for name, acc in led.accounts():
-        if not acc.given and name.startswith("pairs (constitution)"):
-            continue
         why = ", ".join(f"{k}: {v}" for k, v in sorted(acc.dropped.items())) or "-"
         lines.append(f"| {name} | {acc.given} | {acc.kept} | {why} |")
     notes = {k: v for k, v in led.notes.items() if v}

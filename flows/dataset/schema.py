@@ -9,6 +9,9 @@ from typing import Any
 
 from datasets import Features, List, Value
 
+UF_DIR = (
+    "ultrafeedback"  # the UltraFeedback-style dataset's folder (OUT/ultrafeedback, OUT/parquet/ultrafeedback)
+)
 MSGS = List({"role": Value("string"), "content": Value("string")})
 
 

@@ -46,7 +46,12 @@ def train_after_build(recipe: Recipe, out: Path) -> dict[str, Any]:
     spec = recipe.train
     assert spec is not None
     output = out / "models" / spec.method
-    fields = {**spec.fields(), "model": spec.model or recipe.policy.model, "dataset": str(out), "output": str(output)}
+    fields = {
+        **spec.fields(),
+        "model": spec.model or recipe.policy.model,
+        "dataset": str(out),
+        "output": str(output),
+    }
     path = train_flow(spec.method, fields)
     metrics = json.loads((Path(path) / "metrics.json").read_text())
     return {"method": spec.method, "output": path,
