@@ -17,6 +17,7 @@ BUILTIN = [  # module:class, one line per judge type
     "judges.pairwise:PairwiseJudge",
     "judges.reward_model:RewardModelJudge",
     "judges.constitution_judge:ConstitutionJudge",
+    "judges.verifier:VerifierJudge",
 ]
 CRITIQUE_TYPE = "constitution"  # a recipe's `critique:` section is a judge of this type
 EVAL_DEFAULT_TYPE = "pairwise"  # `rlaif judge-eval` and eval-policy without a judge named
