@@ -57,21 +57,27 @@ def normalize(text: str) -> str:
     return " ".join(str(text).lower().strip().strip(".!?;:\"'`").split())
 
 
-def final_answer(text: str) -> str | None:
-    """The stated final answer (boxed, `####`, "the answer is"), else the last number in the text."""
+def stated_answer(text: str) -> str | None:
+    """The final answer where the text states one (boxed, `####`, "the answer is"), else None."""
     for pattern in _FINAL:
         found = pattern.findall(text)
         if found:
             return found[-1].strip().rstrip(".")
+    return None
+
+
+def final_answer(text: str) -> str | None:
+    """The stated final answer, else the last number in the text."""
     numbers = re.findall(_NUMBER, text)
-    return numbers[-1] if numbers else None
+    return stated_answer(text) or (numbers[-1] if numbers else None)
 
 
 def as_number(text: str) -> Fraction | None:
-    found = re.search(_NUMBER, text.replace(" ", ""))
+    """A number, optionally followed by words ("5 apples", "$20"); None for anything else ("2x+2")."""
+    found = re.fullmatch(r"\s*(" + _NUMBER + r")\s*([A-Za-z ]*)[.!]?\s*", text)
     if found is None:
         return None
-    raw = found.group(0).replace("$", "").replace(",", "").rstrip("%")
+    raw = found.group(1).replace("$", "").replace(",", "").rstrip("%")
     try:
         return Fraction(raw)
     except (ValueError, ZeroDivisionError):
@@ -79,13 +85,12 @@ def as_number(text: str) -> Fraction | None:
 
 
 def same_math(answer: str, reference: str) -> bool:
-    """Equal as numbers (fractions exact, 1e-6 relative otherwise), else as expressions (sympy)."""
+    """Equal as numbers (integers exactly, others within 1e-6 relative: 0.333333 = 1/3), else as
+    expressions (sympy)."""
     a, b = as_number(answer), as_number(reference)
     if a is not None and b is not None:
-        if a == b or abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b))):
-            return True
-        if all(re.fullmatch(_NUMBER, t.replace(" ", "").rstrip(".")) for t in (answer, reference)):
-            return False  # two plain numbers that differ
+        whole = a.denominator == 1 and b.denominator == 1
+        return a == b or (not whole and abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b))))
     x, y = normalize(answer).replace("**", "^"), normalize(reference).replace("**", "^")
     if x == y:
         return True
@@ -159,7 +164,7 @@ class VerifierJudge(Judge):
         answer = final_answer(response)
         if answer is None:
             return 0.0, f"no final answer found (reference {ref})"
-        ok = same_math(answer, final_answer(ref) or ref)
+        ok = same_math(answer, stated_answer(ref) or ref)
         return float(ok), f"final answer {answer} {'=' if ok else '!='} reference {ref}"
 
     async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:

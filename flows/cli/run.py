@@ -98,11 +98,13 @@ def closing_table(summary: RunSummary) -> str:
             f", {st.tokens_per_s():.1f} tok/s"
             if st.new_completion_tokens
             else " (from cache)"
-            if not st.requests and name != "build"
+            if not st.requests and st.replayed
             else ""
         )
         rows.append((f"stage {name}", f"{st.wall_s:.0f}s, {st.requests} requests{tps}"))
     for key, u in summary.usage.items():
+        if not (u.prompt_tokens or u.completion_tokens):
+            continue  # a judge that runs locally sends nothing
         hit = u.cache_hit_rate()
         cost = f", ${u.cost_usd:,.4f} (this run ${u.new_cost_usd:,.4f})" if u.cost_usd is not None else ""
         rows.append((f"tokens {key}", f"{u.prompt_tokens:,} prompt ({'-' if hit is None else f'{hit:.0%}'} "
