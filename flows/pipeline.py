@@ -16,6 +16,7 @@ from prefect import flow
 from flows.dataset.atomic_files import check_writable, write_json
 from flows.dataset.build import ShardFiles, build, provenance, sum_tallies
 from flows.dataset.card import plot_report, write_card
+from flows.dataset.gate_result import GateResult
 from flows.dataset.prompts import iter_prompts, resolve_path
 from flows.engine.dispatch import (
     RunSpec,
@@ -73,7 +74,7 @@ def run_pipeline(
     When every shard is already finished with this plan there is nothing to send: the build, card and
     summary are brought up to date without starting a model server or a Prefect flow run."""
     check_writable(out)
-    by_stage = recipe.served_by_stage(recipe_dir)
+    by_stage = recipe.served_by_stage()
     plan = make_plan(recipe, out, {k: m.endpoint_list() for k, m in by_stage.items()}, recipe_dir)
     gate = Gate(recipe, recipe_dir, out) if recipe.gate is not None else None  # reads the pairs now
     columns = sorted({c for judge in plan.built() for c in judge.columns()})
@@ -88,7 +89,7 @@ def run_pipeline(
     if all_finished(manifest, spec.plan):
         cached = gate.cached() if gate else None
         summary = pipeline_stages.fn(recipe=recipe, spec=spec, out=str(out),
-                                     gate=cached.model_dump() if cached else None, publish=False)  # fmt: skip
+                                     gate=cached, publish=False)  # fmt: skip
         summary.engine["flow_run"] = "none: every shard was already finished, nothing to send"
         write_json(out / "summary.json", summary.model_dump())
     else:
@@ -111,16 +112,16 @@ def run_pipeline(
     return summary
 
 
-def run_gate(gate: Gate, recipe: Recipe, out: Path, no_gate: bool) -> dict[str, Any]:
+def run_gate(gate: Gate, recipe: Recipe, out: Path, no_gate: bool) -> GateResult:
     """Measure the gated judge; a failure is written to summary.json (no datasets) and stops the run."""
     res = gate.run()
     try:
         res = gate.enforce(res, no_gate)
     except GateFailed:
-        write_json(out / "summary.json", RunSummary(name=recipe.name, out_dir=str(out), gate=res.model_dump(),
+        write_json(out / "summary.json", RunSummary(name=recipe.name, out_dir=str(out), gate=res,
                                                      stopped="gate failed").model_dump())  # fmt: skip
         raise
-    return res.model_dump()
+    return res
 
 
 @flow(name="rlaif-run")
@@ -128,7 +129,7 @@ def pipeline_stages(
     recipe: Recipe,
     spec: RunSpec,
     out: str,
-    gate: dict[str, Any] | None = None,
+    gate: GateResult | None = None,
     publish: bool = True,
 ) -> RunSummary:
     """shards (generate -> judges + critique, streamed) -> build -> card, summary, artifacts."""

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from judges.contract import JudgeConfig
-from judges.registry import AnyJudgeConfig, CritiqueConfig, make_judge, pick, ranking_key
+from judges.registry import AnyJudgeConfig, CritiqueConfig, judge_class, pick, ranking_key
 from serving.config_files import describe_error, field_error, load_model
 from serving.endpoint import ClientConfig
 from serving.errors import ConfigError
@@ -301,11 +301,11 @@ class Recipe(_Strict):
             return None
         return pick(self.feedback(), self.gate.judge or self.ranking_key())
 
-    def served_by_stage(self, base: Path | None = None) -> dict[str, ServedModel]:
+    def served_by_stage(self) -> dict[str, ServedModel]:
         """Every model the run talks to, by the stage it serves ("generate", a judge's stage)."""
         out = {"generate": self.policy}
         for c in self.feedback():
-            out[make_judge(c.resolved(base)).stage] = self.judge_endpoint(c.judge)
+            out[judge_class(c.type).stage_of(c)] = self.judge_endpoint(c.judge)
         return out
 
     def served(self) -> list[ServedModel]:

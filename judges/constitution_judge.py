@@ -203,9 +203,9 @@ class ConstitutionJudge(Judge):
         self.cfg = config
         self.constitution = load_constitution(config.constitution)
 
-    @property
-    def stage(self) -> str:
-        return "critique" if self.config.key == self.type else f"critique:{self.config.key}"
+    @classmethod
+    def stage_of(cls, config: JudgeConfig) -> str:
+        return "critique" if config.key == cls.type else f"critique:{config.key}"
 
     def extra_files(self) -> list[Path]:
         return [Path(self.cfg.constitution)]

@@ -236,10 +236,14 @@ class Judge(ABC):
         out.client = client
         return out
 
+    @classmethod
+    def stage_of(cls, config: JudgeConfig) -> str:
+        """The stage a judge of this config journals and counts its requests under."""
+        return f"judge:{config.key}"
+
     @property
     def stage(self) -> str:
-        """The stage its requests are journalled and counted under."""
-        return f"judge:{self.config.key}"
+        return type(self).stage_of(self.config)
 
     # -- what the engine calls -------------------------------------------------------------------
     @abstractmethod

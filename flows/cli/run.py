@@ -110,9 +110,7 @@ def closing_table(summary: RunSummary) -> str:
         rows.append((f"tokens {key}", f"{u.prompt_tokens:,} prompt ({'-' if hit is None else f'{hit:.0%}'} "
                      f"cached) + {u.completion_tokens:,} completion{cost}"))  # fmt: skip
     if summary.gate:
-        from flows.evals.gate import GateResult
-
-        g = GateResult.model_validate(summary.gate)
+        g = summary.gate
         rows.append(("judge gate", g.line() + (" (overridden by --no-gate)" if g.overridden else "")))
     for url, m in summary.prefix_cache.items():
         if m.get("hit_rate") is not None:

@@ -265,9 +265,10 @@ def build(
         res.pairs = dict(w.counts)
         st = res.stats
         judged.given += st.candidates
-        judged.drops({"tie": st.ties_dropped - const.dropped.get("tie", 0), "truncated": st.truncated_chosen_dropped,
-                      "verdict disagrees": st.verdict_disagrees,
-                      "below min_margin": st.below_margin - const.dropped.get("below min_margin", 0)})  # fmt: skip
+        extra = [a for o, a in led.pairs.items() if a is not judged]  # judges' own pairs: counted there
+        judged.drops({"tie": st.ties_dropped - sum(a.dropped.get("tie", 0) for a in extra),
+                      "truncated": st.truncated_chosen_dropped, "verdict disagrees": st.verdict_disagrees,
+                      "below min_margin": st.below_margin - sum(a.dropped.get("below min_margin", 0) for a in extra)})  # fmt: skip
         led.notes["truncated chosen re-picked"] = st.truncated_chosen_repicked
         res.ledger = led
         led.check()

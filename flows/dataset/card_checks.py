@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from flows.dataset.gate_result import GateResult
+
 
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
-def gate_section(gate: dict[str, Any] | None) -> list[str]:
+def gate_section(result: GateResult | None) -> list[str]:
     """The judge gate: accuracy with its interval, the length baseline, position figures, the verdict."""
-    if not gate:
+    if result is None:
         return []
+    gate = result.model_dump()
     f = gate.get("figures") or {}
     verdict = ("informational (no thresholds)" if gate.get("informational") else
                "passed" if gate.get("passed") else

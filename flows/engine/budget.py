@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
 from flows.recipe import BudgetSpec
+
+if TYPE_CHECKING:
+    from flows.engine.recorded import StageStats
 from serving.errors import RlaifError
 from serving.price import Price
 
@@ -132,17 +135,17 @@ class Usage(BaseModel):
     cost_usd: float | None = None  # the dataset's tokens at the endpoint's price (None: no price)
     new_cost_usd: float | None = None  # this run's requests only
 
-    def add(self, st: dict[str, Any], cached: bool) -> None:
+    def add(self, st: StageStats, cached: bool) -> None:
         """One shard's StageStats figures (a shard read back finished sent nothing now)."""
-        self.prompt_tokens += st["prompt_tokens"]
-        self.cached_prompt_tokens += st.get("cached_prompt_tokens", 0)
-        self.completion_tokens += st["completion_tokens"]
-        self.replayed += st["replayed"] if not cached else st["sent"] + st["replayed"]
+        self.prompt_tokens += st.prompt_tokens
+        self.cached_prompt_tokens += st.cached_prompt_tokens
+        self.completion_tokens += st.completion_tokens
+        self.replayed += st.replayed if not cached else st.sent + st.replayed
         if not cached:
-            self.requests += st["sent"]
-            self.new_prompt_tokens += st.get("new_prompt_tokens", 0)
-            self.new_completion_tokens += st["new_completion_tokens"]
-            self.new_cached_prompt_tokens += st.get("new_cached_prompt_tokens", 0)
+            self.requests += st.sent
+            self.new_prompt_tokens += st.new_prompt_tokens
+            self.new_completion_tokens += st.new_completion_tokens
+            self.new_cached_prompt_tokens += st.new_cached_prompt_tokens
 
     def price(self, price: Price | None) -> None:
         if price is None:

@@ -17,13 +17,14 @@ def make_plan(
 ) -> ShardPlan:  # fmt: skip
     """`endpoints`: stage ("generate", each judge's stage) -> its endpoints, as `Recipe.served_by_stage`
     names them; `base`: the recipe's folder (relative judge files are resolved against it)."""
-    runs = []
+    runs, judges = [], []
     for config in recipe.feedback():
         spec = config.resolved(base)
-        judge = make_judge(spec)  # reads its files now (a bad constitution fails before any request)
+        judge = make_judge(spec, None, recipe.lints.allow_truncated_chosen)  # built once, files read now
         eps = endpoints[judge.stage] if judge.uses_endpoint else []
         runs.append(JudgeRun(spec=spec, endpoints=eps, template_sha=judge.fingerprint(), stage=judge.stage))
-    served = recipe.served_by_stage(base)
+        judges.append(judge)
+    served = recipe.served_by_stage()
     model_ids = {m.served_name(): model_identity(m.model) for m in served.values() if m.is_local}
     model_dirs = (
         {m.served_name(): resolve_model(m.model) for m in served.values() if m.is_local}
@@ -31,12 +32,14 @@ def make_plan(
         else {}
     )
     prices = {stage: m.price for stage, m in served.items() if m.price is not None}
-    return ShardPlan(
+    plan = ShardPlan(
         out_dir=str(out.resolve()), policy_model=recipe.policy.display_name(), policy_endpoints=endpoints["generate"],
         sampling=recipe.sampling, judges=runs, client=recipe.client, concurrency_share=concurrency_share,
         prompts_in_flight=recipe.prompts_in_flight, model_ids=model_ids, model_dirs=model_dirs, prices=prices,
         budget=recipe.budget, allow_truncated_chosen=recipe.lints.allow_truncated_chosen, score=recipe.binarize.score,
     )  # fmt: skip
+    plan._built = judges  # the shard tasks of this process use these; a worker process builds its own
+    return plan
 
 
 def expected_requests(plan: ShardPlan, prompts: int) -> int:

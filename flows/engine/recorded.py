@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
+
 from flows.engine.budget import Spend
 from flows.engine.journal import Journal
 from flows.engine.token_bound import byte_bound
@@ -30,22 +32,18 @@ def request_key(model: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-class StageStats:
+class StageStats(BaseModel):
     """Per-stage counts of one shard: requests sent now vs replayed, tokens, first answer time."""
 
-    def __init__(self) -> None:
-        self.sent = 0
-        self.replayed = 0
-        self.prompt_tokens = 0
-        self.cached_prompt_tokens = 0
-        self.completion_tokens = 0
-        self.new_prompt_tokens = 0  # tokens of the requests sent in this run (what a budget counts)
-        self.new_cached_prompt_tokens = 0
-        self.new_completion_tokens = 0
-        self.first_at: float | None = None  # wall clock of the first answer (new or replayed)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    sent: int = 0
+    replayed: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    new_prompt_tokens: int = 0  # tokens of the requests sent in this run (what a budget counts)
+    new_cached_prompt_tokens: int = 0
+    new_completion_tokens: int = 0
+    first_at: float | None = None  # wall clock of the first answer (new or replayed)
 
 
 class Meter:

@@ -136,14 +136,14 @@ class ShardResult(BaseModel):
     completions: int = 0
     cpairs: int = 0
     skipped: dict[str, int] = Field(default_factory=dict)
-    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # stage -> StageStats figures
+    stages: dict[str, StageStats] = Field(default_factory=dict)  # stage -> its counts in this shard
     judges: dict[str, dict[str, Any]] = Field(default_factory=dict)  # key -> tallies (`Judge.tally`)
     first_judged_at: float | None = None
     wall_s: float = 0.0
     cached: bool = False
 
     def sent(self) -> int:
-        return 0 if self.cached else sum(s["sent"] for s in self.stages.values())
+        return 0 if self.cached else sum(s.sent for s in self.stages.values())
 
 
 def _scaled(endpoints: list[Endpoint], share: float) -> list[Endpoint]:
@@ -261,7 +261,7 @@ def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
     )
     _write_parquet(Path(res.rows_path), rows, plan.uf_features(with_provenance=False).arrow_schema)
     _write_parquet(Path(res.cpairs_path), cpairs, binarized_features().arrow_schema)
-    res.stages = {k: v.as_dict() for k, v in stats.items()}
+    res.stages = dict(stats)
     firsts = [v.first_at for k, v in stats.items() if k.startswith("judge:") and v.first_at]
     res.first_judged_at = min(firsts) if firsts else None
     res.wall_s = time.monotonic() - t0

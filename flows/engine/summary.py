@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from flows.dataset.build import BuildResult
+from flows.dataset.gate_result import GateResult
 from flows.dataset.ledger import Ledger
 from flows.engine.budget import Usage
 from flows.engine.dispatch import EngineResult, RunSpec, load_manifest
@@ -44,7 +45,7 @@ class RunSummary(BaseModel):
     train: dict[str, Any] | None = None
     engine: dict[str, Any] = Field(default_factory=dict)
     usage: dict[str, Usage] = Field(default_factory=dict)  # per stage and judge: tokens, cache hits, cost
-    gate: dict[str, Any] | None = None  # flows.evals.gate.GateResult
+    gate: GateResult | None = None
     prefix_cache: dict[str, dict[str, Any]] = Field(default_factory=dict)  # vLLM /metrics, per endpoint
     stopped: str | None = None  # why the run stopped before its datasets (e.g. "gate failed")
     wall_s: float = 0.0
@@ -79,13 +80,13 @@ def stage_results(eng: EngineResult, plan: ShardPlan) -> dict[str, StageResult]:
         for name, st in s.stages.items():
             stage = "judge" if name.startswith("judge:") else name
             r = out.setdefault(stage, StageResult(stage=stage, wall_s=eng.wall_s))
-            r.cached_prompt_tokens += st.get("cached_prompt_tokens", 0)
-            r.prompt_tokens += st["prompt_tokens"]
-            r.completion_tokens += st["completion_tokens"]
-            r.replayed += st["replayed"] if not s.cached else st["sent"] + st["replayed"]
+            r.cached_prompt_tokens += st.cached_prompt_tokens
+            r.prompt_tokens += st.prompt_tokens
+            r.completion_tokens += st.completion_tokens
+            r.replayed += st.replayed if not s.cached else st.sent + st.replayed
             if not s.cached:
-                r.requests += st["sent"]
-                r.new_completion_tokens += st["new_completion_tokens"]
+                r.requests += st.sent
+                r.new_completion_tokens += st.new_completion_tokens
     gen = out.setdefault("generate", StageResult(stage="generate", wall_s=eng.wall_s))
     gen.prompts = sum(s.prompts for s in eng.shards)
     gen.rows = sum(s.completions for s in eng.shards)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import BaseModel, Field
+from typing import ClassVar
 
 from flows.dataset.atomic_files import read_json, write_json
+from flows.dataset.gate_result import GateResult
 from flows.dataset.prompts import resolve_path
 from flows.recipe import Recipe
 from serving.errors import RlaifError
@@ -20,30 +19,6 @@ class GateFailed(RlaifError):
 
     exit_code: ClassVar[int] = 3
     label: ClassVar[str] = "gate failed"
-
-
-class GateResult(BaseModel):
-    """What the gate measured and decided (summary.json `gate`, the card, OUT/gate.json)."""
-
-    judge: str
-    pairs: str
-    key: str  # judge fingerprint + pairs content: a re-run with the same key reuses these figures
-    thresholds: dict[str, float] = Field(default_factory=dict)
-    figures: dict[str, Any] = Field(default_factory=dict)
-    failures: list[str] = Field(default_factory=list)  # e.g. "accuracy 0.50 < 0.70"
-    passed: bool = True
-    informational: bool = False  # no thresholds: figures only
-    overridden: bool = False  # failed, and the run went on because of --no-gate
-
-    def line(self) -> str:
-        f = self.figures
-        parts = [f"{k} {f[k]:.2f}" for k in ("accuracy", "margin_over_length", "consistency", "p_first")
-                 if isinstance(f.get(k), (int, float))]  # fmt: skip
-        verdict = "informational" if self.informational else ("passed" if self.passed else "FAILED")
-        return (
-            f"{verdict}: judge {self.judge} on {Path(self.pairs).name} ({f.get('n', 0)} pairs): "
-            + ", ".join(parts)
-        )
 
 
 class Gate:
