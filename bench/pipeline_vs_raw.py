@@ -30,9 +30,8 @@ from pathlib import Path
 
 from common import MT_BENCH, ROOT, LoadSampler, bench_prompts, fresh_server, loadavg
 
-from flows.engine.stages import PromptCritic, generate
-from flows.recipe import CritiqueSpec, Sampling
-from judges.constitution_file import load_constitution
+from flows.engine.stages import generate
+from flows.recipe import Sampling
 from judges.registry import make_judge, parse_judge_config
 from serving.client import LLMClient
 from serving.endpoint import ClientConfig, Endpoint
@@ -58,14 +57,13 @@ async def raw(ep: Endpoint, prompts: list, n: int, top_p: float) -> tuple[float,
     sampling = Sampling(n=n, max_tokens=96, temperature=0.8, top_p=top_p, seed=0)  # as rlaif's recipe
     judges = [make_judge(parse_judge_config({"type": "ultrafeedback", "max_tokens": 512}), client),
               make_judge(parse_judge_config({"type": "pairwise", "max_tokens": 64}), client)]  # fmt: skip
-    critic = PromptCritic(CritiqueSpec(constitution="harmless", max_tokens=96),
-                          load_constitution(ROOT / "constitutions" / "harmless.yaml"), client)  # fmt: skip
+    critic = make_judge(parse_judge_config({"type": "constitution", "max_tokens": 96,
+                                            "constitution": str(ROOT / "constitutions" / "harmless.yaml")}), client)  # fmt: skip
     t0 = time.monotonic()
     gens = await asyncio.gather(*(generate(client, p, ep.model, sampling) for p in prompts))
     ok = [(p, comps) for p, (comps, reason) in zip(prompts, gens) if reason is None]
-    jobs = [j.judge(p.prompt_id, p.prompt, [c["response"] for c in comps], p.messages)
-            for p, comps in ok for j in judges]  # fmt: skip
-    jobs += [critic.run(p, comps) for p, comps in ok]  # critique -> revision needs only the completions
+    jobs = [j.judge(p, comps) for p, comps in ok for j in judges]
+    jobs += [critic.judge(p, comps) for p, comps in ok]  # critique -> revision needs only the completions
     await asyncio.gather(*jobs)
     span = time.monotonic() - t0
     c = client.counters
