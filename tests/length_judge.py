@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from judges.contract import Judge, JudgeConfig, Judgement
+from judges.contract import Completion, Judge, JudgeConfig, Judgement, Prompt
 from judges.registry import register
 
 
@@ -23,5 +23,5 @@ class CharsJudge(Judge):
     def requests_per_prompt(self, n: int) -> int:
         return 0
 
-    async def judge(self, prompt_id, prompt, responses, messages=None) -> Judgement:  # noqa: ANN001
-        return Judgement(scores=[len(r) * self.config.per_char for r in responses])
+    async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
+        return Judgement(scores=[len(c.response) * self.config.per_char for c in completions])

@@ -3,6 +3,7 @@ swapped in never leaves a build that looks finished (bug J)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -11,23 +12,62 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_from_disk
 
+from flows.dataset.binarize import PairRow
 from flows.dataset.build import ShardFiles, build
-from flows.dataset.rows import constitution_pairs
+from flows.dataset.rows import PromptResult, extra_pairs
 from flows.dataset.schema import binarized_features, uf_features
 from flows.recipe import BinarizeSpec
+from judges.constitution_judge import ConstitutionConfig, ConstitutionJudge, Label, Labeller
+from judges.contract import Prompt, as_completions
 
 MSG = [{"role": "user", "content": "q"}]
 
 
-def label(winner: str, p_x: float | None, x: str = "x-text", y: str = "y-text") -> dict:
-    return {"winner": winner, "p_x": p_x, "x": x, "y": y, "x_model": "m", "y_model": "m",
-            "principle_id": "p1", "principle_sha256": "s", "consistent": winner != "tie"}  # fmt: skip
+def label(winner: str, p_x: float | None, x: str = "x-text", y: str = "y-text") -> PairRow:
+    """The pair a constitutional label of (x, y) makes: the winner (x on a tie) is chosen with
+    P(chosen) = p_x for x, 1 - p_x for y (a hard label: 1; a tie: 0.5) and margin 2 P(chosen) - 1."""
+    p = p_x if p_x is not None else {"x": 1.0, "y": 0.0, "tie": 0.5}[winner]
+    pc = 0.5 if winner == "tie" else (p if winner == "x" else 1 - p)
+    chosen, rejected = (y, x) if winner == "y" else (x, y)
+    return PairRow(prompt_id="p", prompt=MSG, chosen=[{"role": "assistant", "content": chosen}],
+                   rejected=[{"role": "assistant", "content": rejected}], score_chosen=pc, score_rejected=1 - pc,
+                   margin=2 * pc - 1, p_chosen=None if p_x is None else (p_x if winner == "x" else 1 - p_x),
+                   chosen_model="m", rejected_model="m", origin="constitution", judge="constitution:label",
+                   principle_id="p1", principle_sha256="s")  # fmt: skip
 
 
-def test_constitution_labels_carry_their_margin_and_side():
-    pairs = constitution_pairs(MSG, "p", [], [label("y", 0.2), label("x", None), label("tie", 0.5)])
-    assert [p.chosen[0]["content"] for p in pairs] == ["y-text", "x-text", "x-text"]
+def test_constitution_labels_carry_their_margin_and_side(tmp_path, monkeypatch):
+    """The constitution judge turns its labels into pairs (the build's input) with the right side and margin."""
+    const = tmp_path / "c.yaml"
+    const.write_text('{"name": "c", "principles": [{"id": "p1", "critique": "c", "revision": "r", '
+                     '"comparison": "Which is better?"}]}')  # fmt: skip
+    scripted = [Label(principle_id="p1", principle_sha256="s", winner=w, p_x=p, consistent=w != "tie")
+                for w, p in [("y", 0.2), ("x", None), ("tie", 0.5)]]  # fmt: skip
+
+    async def scripted_label(self, prompt, x, y, principle):  # noqa: ANN001, ANN202
+        return scripted[["x-text", "x2", "x3"].index(x)]
+
+    monkeypatch.setattr(Labeller, "label", scripted_label)
+    judge = ConstitutionJudge(ConstitutionConfig(constitution=str(const), mode="label"))
+    comps = as_completions(["x-text", "y-text", "x2", "y2", "x3", "y3"], model="m")
+    prompt = Prompt(prompt_id="p", prompt="q", messages=MSG)
+    judged = asyncio.run(judge.judge(prompt, comps))
+    pairs = extra_pairs(PromptResult(prompt=prompt, completions=comps, judged={"constitution": judged}))
+    assert [p.chosen[0]["content"] for p in pairs] == ["y-text", "x2", "x3"]
+    assert [p.rejected[0]["content"] for p in pairs] == ["x-text", "y2", "y3"]
     assert [round(p.margin, 6) for p in pairs] == [0.6, 1.0, 0.0]  # P(chosen) 0.8 -> margin 0.6
+    assert [p.p_chosen for p in pairs] == [pytest.approx(0.8), None, 0.5]
+    assert {p.origin for p in pairs} == {"constitution"} and {p.judge for p in pairs} == {
+        "constitution:label"
+    }
+    # what the build is given for these labels is what the tests below write by hand
+    hand = [
+        label(w, px, x, y)
+        for (w, px), x, y in zip(
+            [("y", 0.2), ("x", None), ("tie", 0.5)], ["x-text", "x2", "x3"], ["y-text", "y2", "y3"]
+        )
+    ]
+    assert pairs == hand
 
 
 def _shard(tmp_path, cpairs: list[dict]) -> list[ShardFiles]:
@@ -49,7 +89,7 @@ def _shard(tmp_path, cpairs: list[dict]) -> list[ShardFiles]:
 def test_constitution_pairs_follow_keep_ties_and_min_margin(tmp_path, keep_ties, min_margin, kept,
                                                             ties_dropped, below_margin):  # fmt: skip
     labels = [label("x", 0.6), label("y", 0.0), label("tie", None)]  # margins 0.2, 1.0, 0.0
-    files = _shard(tmp_path, constitution_pairs(MSG, "p", [], labels))
+    files = _shard(tmp_path, labels)
     spec = BinarizeSpec(keep_ties=keep_ties, constitution_min_margin=min_margin, test_fraction=0.0)
     res, _ = build(tmp_path / "out", files, spec, None, uf_features([], []).arrow_schema, {"policy": "m"})
     assert res.constitution_pairs == kept == res.pairs["train_prefs"]
@@ -62,7 +102,7 @@ def test_judge_min_margin_is_not_applied_to_constitution_pairs(tmp_path):
     """`min_margin` is in the ranking judge's score units (UltraFeedback: up to 4); constitution
     margins are 0-1. A judge margin of 1.5 used to drop every constitution pair."""
     labels = [label("x", 0.9), label("y", 0.0)]  # margins 0.8 and 1.0
-    files = _shard(tmp_path, constitution_pairs(MSG, "p", [], labels))
+    files = _shard(tmp_path, labels)
     spec = BinarizeSpec(min_margin=1.5, test_fraction=0.0)
     res, _ = build(tmp_path / "out", files, spec, None, uf_features([], []).arrow_schema, {"policy": "m"})
     assert res.constitution_pairs == 2 and res.stats.below_margin == 0
@@ -75,7 +115,7 @@ def test_crash_while_swapping_outputs_leaves_no_finished_marker(tmp_path, monkey
     out = tmp_path / "out"
     out.mkdir()
     labels = [label("x", 0.9)]
-    files = _shard(tmp_path, constitution_pairs(MSG, "p", [], labels))
+    files = _shard(tmp_path, labels)
     schema = uf_features([], []).arrow_schema
     build(out, files, BinarizeSpec(test_fraction=0.0), None, schema, {"policy": "old"})
     assert (out / "build.json").exists()

@@ -45,7 +45,8 @@ def test_manifest_shards_prompts_and_passes_only_references(tmp_path):
     from flows.recipe import Recipe
 
     recipe = Recipe.model_validate({"judges": [{"type": "ultrafeedback"}, {"type": "pairwise"}]})
-    eps = [recipe.policy.endpoint_list()] * 3
+    eps = {stage: m.endpoint_list() for stage, m in recipe.served_by_stage().items()}
+    assert len(eps) == 3  # generate and the two judges
     spec = RunSpec(manifest_path=man.path, manifest_sha256=man.sha256, plan=make_plan(recipe, tmp_path, eps))
     params = len(spec.model_dump_json()) + len(recipe.model_dump_json())
     assert params < 64 * 1024  # whatever the dataset size (Prefect caps flow parameters at 512 KB)
@@ -93,15 +94,21 @@ def test_recorded_client_replays_and_journals_only_permanent_rejections(tmp_path
 
 def test_stage_priorities_put_long_chains_first_and_stay_out_of_the_journal_key(tmp_path):
     from flows.engine.shard import JudgeRun, ShardPlan
-    from flows.recipe import CritiqueSpec, Sampling
-    from judges.registry import parse_judge_config
+    from flows.recipe import Sampling
+    from judges.registry import make_judge, parse_judge_config
 
-    judges = [JudgeRun(spec=parse_judge_config(c), endpoints=[], template_sha="t")
-              for c in ({"type": "pairwise", "max_tokens": 64}, {"type": "ultrafeedback", "max_tokens": 512})]  # fmt: skip
+    const = tmp_path / "c.yaml"
+    const.write_text(
+        '{"name": "c", "principles": [{"id": "p", "critique": "c", "revision": "r", "comparison": "q"}]}'
+    )
+    specs = [parse_judge_config(c) for c in ({"type": "pairwise", "max_tokens": 64},
+                                             {"type": "ultrafeedback", "max_tokens": 512},
+                                             {"type": "constitution", "constitution": str(const), "max_tokens": 96})]  # fmt: skip
+    judges = [JudgeRun(spec=c, endpoints=[], template_sha="t", stage=make_judge(c).stage) for c in specs]
     plan = ShardPlan(out_dir=str(tmp_path), policy_model="m", policy_endpoints=[], judges=judges,
-                     sampling=Sampling(max_tokens=96), critique=CritiqueSpec(constitution="c.yaml", max_tokens=96),
-                     constitution_path="c.yaml")  # fmt: skip
+                     sampling=Sampling(max_tokens=96))  # fmt: skip
     chains = plan.chain_tokens()
+    assert set(chains) == {"generate", "critique", *(f"judge:{j.spec.key}" for j in judges[:2])}
     order = sorted(chains, key=lambda s: -chains[s])
     assert order[0] == "generate" and order[-1] == f"judge:{judges[0].spec.key}"  # pairwise: shortest
     assert chains["critique"] > chains[f"judge:{judges[0].spec.key}"]  # critique -> revision is a chain

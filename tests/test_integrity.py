@@ -209,7 +209,7 @@ class Engine:
             self.manifests[key] = prepare_prompts(
                 recipe, Path(tempfile.mkdtemp(dir=self.root, prefix="prep-"))
             )
-        eps = [m.endpoint_list() for m in recipe.served()]
+        eps = {stage: m.endpoint_list() for stage, m in recipe.served_by_stage().items()}
         return self.manifests[key], make_plan(recipe, out, eps)
 
     def run(self, recipe: Any, out: Path) -> tuple[list[Any], list[BaseException]]:
@@ -231,11 +231,11 @@ class Engine:
         from flows.dataset.build import ShardFiles, build, provenance
 
         _, plan = self.plan(recipe, out)
-        prov = {**provenance(recipe, {}, None), "created_at": "fixed"}
+        prov = {**provenance(recipe, {}, {}), "created_at": "fixed"}
         files = [ShardFiles(rows_path=r.rows_path, cpairs_path=r.cpairs_path, fingerprint=r.fingerprint)
                  for r in sorted(results, key=lambda r: r.index)]  # fmt: skip
         with skip_datasets_folders():
-            build(out, files, recipe.binarize, plan.score_key(recipe.binarize.score),
+            build(out, files, recipe.binarize, plan.score_key(),
                   plan.uf_features().arrow_schema, prov, lints=recipe.lints)  # fmt: skip
         tables = {str(f.relative_to(out)): pq.read_table(f) for f in sorted(out.glob("parquet/**/*.parquet"))}
         # provenance names the recipe (its endpoint URLs differ per run here): a stamp, not data

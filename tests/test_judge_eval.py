@@ -1,5 +1,5 @@
 """judge-eval figures with scripted judges (hand-computed values), the bundled gold pairs, the CLI's table
-and --json, and the constitution label judge against a stub that answers with logprobs. No vLLM."""
+and --json, and the constitution judge (`prefer`) against a stub that answers with logprobs. No vLLM."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import tests.length_judge  # noqa: F401 - registers the `chars` judge
 from flows.cli import main
 from flows.evals.judge_eval import JudgeEval, LabelledPair, bootstrap_ci, evaluate, load_pairs
-from judges.constitution_judge import ConstitutionLabelConfig, ConstitutionLabelJudge
-from judges.contract import Judge, JudgeConfig, Judgement, Preference
+from judges.constitution_judge import ConstitutionConfig, ConstitutionJudge
+from judges.contract import Completion, Judge, JudgeConfig, Judgement, Preference, Prompt, as_prompt
 from serving.errors import DataError
 from tests.helpers import write_jsonl
 from tests.stubs import StubServer
@@ -39,11 +39,11 @@ class Scripted(Judge):
     def requests_per_prompt(self, n: int) -> int:
         return 0
 
-    async def judge(self, prompt_id, prompt, responses, messages=None) -> Judgement:  # noqa: ANN001
+    async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
         raise NotImplementedError
 
-    async def prefer(self, prompt: str, first: str, second: str) -> Preference:
-        return self.pick(prompt, first, second)
+    async def prefer(self, prompt: Prompt, first: str, second: str) -> Preference:
+        return self.pick(prompt.prompt, first, second)
 
 
 def run(pick: Pick, pairs: list[LabelledPair], **kw: int) -> JudgeEval:
@@ -51,12 +51,12 @@ def run(pick: Pick, pairs: list[LabelledPair], **kw: int) -> JudgeEval:
 
 
 def always_first(prompt: str, first: str, second: str) -> Preference:
-    return Preference(winner="first")
+    return Preference(winner="x")  # x = the answer shown first
 
 
 def by_length(prompt: str, first: str, second: str) -> Preference:
     a, b = len(first), len(second)
-    return Preference(winner="first" if a > b else "second" if b > a else "tie")
+    return Preference(winner="x" if a > b else "y" if b > a else "tie")
 
 
 def oracle(pairs: list[LabelledPair]) -> Pick:
@@ -65,7 +65,7 @@ def oracle(pairs: list[LabelledPair]) -> Pick:
 
     def pick(prompt: str, first: str, second: str) -> Preference:
         p = chosen[prompt]
-        return Preference(winner="tie" if p.tie else "first" if first == p.chosen else "second")
+        return Preference(winner="tie" if p.tie else "x" if first == p.chosen else "y")
 
     return pick
 
@@ -111,14 +111,14 @@ def test_soft_accuracy_brier_p_first_and_parse_failures_by_hand():
         LabelledPair(prompt="p4", chosen="same", rejected="size"),
     ]
     script = {  # (prompt, shown first) -> preference
-        ("p1", "longer"): Preference(winner="first", p_first=0.8),
-        ("p1", "short"): Preference(winner="second", p_first=0.4),  # P(chosen) 0.6
-        ("p2", "short"): Preference(winner="second", p_first=0.3),
-        ("p2", "longer"): Preference(winner="first"),  # no probability
-        ("p3", "same"): Preference(winner="tie", p_first=0.5),
-        ("p3", "size"): Preference(winner="tie", p_first=0.5),
+        ("p1", "longer"): Preference(winner="x", p_x=0.8),
+        ("p1", "short"): Preference(winner="y", p_x=0.4),  # P(chosen) 0.6
+        ("p2", "short"): Preference(winner="y", p_x=0.3),
+        ("p2", "longer"): Preference(winner="x"),  # no probability
+        ("p3", "same"): Preference(winner="tie", p_x=0.5),
+        ("p3", "size"): Preference(winner="tie", p_x=0.5),
         ("p4", "same"): Preference(winner=None, parse_failures=1),
-        ("p4", "size"): Preference(winner="first"),
+        ("p4", "size"): Preference(winner="x"),
     }
     res = run(lambda prompt, first, second: script[(prompt, first)], pairs)
     # verdicts: p1 chosen (1), p2 rejected (0), p3 tie on a tie pair (1), p4 failure -> tie (0.5)
@@ -138,10 +138,7 @@ def test_tie_pairs_a_judge_tie_is_right_a_pick_is_half_right():
     tie = [LabelledPair(prompt="q", chosen="one fine answer", rejected="another fine one", tie=True)]
     assert run(lambda *_: Preference(winner="tie"), tie).accuracy == 1.0
     assert run(oracle([tie[0].model_copy(update={"tie": False})]), tie).accuracy == 0.5
-    assert (
-        run(lambda p, a, b: Preference(winner="first" if a == tie[0].rejected else "second"), tie).accuracy
-        == 0.5
-    )
+    assert run(lambda p, a, b: Preference(winner="x" if a == tie[0].rejected else "y"), tie).accuracy == 0.5
     assert run(always_first, tie).accuracy == 0.5  # orders that disagree are no tie call: a coin
     gold = load_pairs(GOLD)
     assert run(always_first, gold).accuracy == 0.5  # position bias earns nothing, tie pairs included
@@ -155,7 +152,7 @@ def test_one_row_per_category_pairs_without_one_share_a_row():
         LabelledPair(prompt="x1", chosen="yes indeed", rejected="no"),
     ]
     perfect = oracle(pairs)
-    res = run(lambda p, a, b: perfect(p, a, b) if p.startswith("m") else Preference(winner="first"), pairs)
+    res = run(lambda p, a, b: perfect(p, a, b) if p.startswith("m") else Preference(winner="x"), pairs)
     assert list(res.categories) == ["(none)", "factual", "math"]
     math_row, fact_row, none_row = res.categories["math"], res.categories["factual"], res.categories["(none)"]
     assert (math_row.n, math_row.accuracy, math_row.consistency, math_row.p_first) == (2, 1.0, 1.0, 0.5)
@@ -172,9 +169,9 @@ def test_bootstrap_interval_holds_the_accuracy_and_repeats_with_its_seed():
     def mixed(prompt: str, first: str, second: str) -> Preference:
         kind, p = script[prompt], next(x for x in pairs if x.prompt == prompt)
         if kind == 2:
-            return Preference(winner="first")
+            return Preference(winner="x")
         right = (first == p.chosen) == (kind == 0)
-        return Preference(winner="first" if right else "second")
+        return Preference(winner="x" if right else "y")
 
     a, b, c = run(mixed, pairs), run(mixed, pairs), run(mixed, pairs, seed=1)
     assert a.ci_low < a.accuracy < a.ci_high and 0.0 <= a.ci_low and a.ci_high <= 1.0
@@ -216,10 +213,14 @@ def test_cli_prints_a_table_and_writes_the_figures(tmp_path, capsys):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["judge-eval", "--pairs", str(GOLD), "--judge", "nope"]) == 2
-    assert "--judge nope: unknown judge type 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--judge nope" in err and "unknown judge type 'nope'" in err
     c = tmp_path / "c.yaml"
     assert main(["judge-eval", "--pairs", str(GOLD), "--judge", "chars", "--constitution", str(c)]) == 2
-    assert "--constitution is for --judge constitution" in capsys.readouterr().err
+    # `--constitution` is an option of the constitution judge: a judge without it refuses it, saying why
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--judge chars with --constitution {c}:" in err
+    assert "errors.pydantic.dev" not in err and "not permitted" in err, err
 
 
 CONSTITUTION = """name: test
@@ -251,7 +252,9 @@ def choice_stub(logprobs: bool = True) -> StubServer:
     return StubServer(reply)
 
 
-def test_cli_evaluates_the_constitution_label_judge(tmp_path, capsys):
+def test_cli_evaluates_the_constitution_judge(tmp_path, capsys):
+    """`--constitution FILE` alone picks the constitution judge (one sampled principle per pair by
+    default); the recipe's `critique:` section, named by `--judge constitution`, asks every principle."""
     const = tmp_path / "c.yaml"
     const.write_text(CONSTITUTION)
     rows = [{"prompt": "q1", "chosen": "the right one", "rejected": "no"},
@@ -259,9 +262,9 @@ def test_cli_evaluates_the_constitution_label_judge(tmp_path, capsys):
     pairs = write_jsonl(tmp_path / "p.jsonl", rows)
     out = tmp_path / "e.json"
     with choice_stub() as stub:
-        (tmp_path / "r.yaml").write_text(
-            f"policy:\n  endpoints:\n    - base_url: {stub.base_url}\n      model: stub\n"
-        )
+        policy = f"policy:\n  endpoints:\n    - base_url: {stub.base_url}\n      model: stub\n"
+        (tmp_path / "r.yaml").write_text(policy)
+        (tmp_path / "all.yaml").write_text(policy + "critique:\n  constitution: c.yaml\n  principles: all\n")
         args = [
             "judge-eval",
             "--pairs",
@@ -273,11 +276,23 @@ def test_cli_evaluates_the_constitution_label_judge(tmp_path, capsys):
         ]
         assert main([*args, "--json", str(out)]) == 0
         calls = len(stub.calls)
-    res = json.loads(out.read_text())
-    assert calls == 2 * 2 * 2  # pairs x orders x principles
-    assert res["judge"] == "constitution" and res["accuracy"] == 1.0 and res["consistency"] == 1.0
-    assert res["soft_accuracy"] == pytest.approx(0.8) and res["brier"] == pytest.approx(0.04)
-    assert res["p_first"] == 0.5 and res["parse_failures"] == 0
+        every = [
+            "judge-eval",
+            "--pairs",
+            str(pairs),
+            "--judge",
+            "constitution",
+            "--recipe",
+            str(tmp_path / "all.yaml"),
+        ]
+        assert main([*every, "--json", str(tmp_path / "all.json")]) == 0
+        calls_all = len(stub.calls) - calls
+    assert calls == 2 * 2 * 1  # pairs x orders x one sampled principle
+    assert calls_all == 2 * 2 * 2  # pairs x orders x principles
+    for res in (json.loads(out.read_text()), json.loads((tmp_path / "all.json").read_text())):
+        assert res["judge"] == "constitution" and res["accuracy"] == 1.0 and res["consistency"] == 1.0
+        assert res["soft_accuracy"] == pytest.approx(0.8) and res["brier"] == pytest.approx(0.04)
+        assert res["p_first"] == 0.5 and res["parse_failures"] == 0
 
 
 def test_constitution_label_judge_letters_without_logprobs_and_one_sampled_principle(tmp_path):
@@ -286,15 +301,16 @@ def test_constitution_label_judge_letters_without_logprobs_and_one_sampled_princ
 
     const = tmp_path / "c.yaml"
     const.write_text(CONSTITUTION)
-    cfg = ConstitutionLabelConfig(constitution=str(const), principles="sample", logprobs=False)
+    cfg = ConstitutionConfig(constitution=str(const), principles="sample", logprobs=False)
 
     async def go(url: str) -> tuple[Preference, Preference]:
         client = LLMClient(
             [Endpoint(base_url=url, model="stub")], ClientConfig(max_retries=1, backoff_base_s=0.01)
         )
         try:
-            judge = ConstitutionLabelJudge(cfg, client)
-            return await judge.prefer("q", "right", "wrong"), await judge.prefer("q", "wrong", "right")
+            judge = ConstitutionJudge(cfg, client)
+            q = as_prompt("q")
+            return await judge.prefer(q, "right", "wrong"), await judge.prefer(q, "wrong", "right")
         finally:
             await client.aclose()
 
@@ -303,8 +319,11 @@ def test_constitution_label_judge_letters_without_logprobs_and_one_sampled_princ
         assert len(stub.calls) == 2  # one sampled principle per shown order
         asked = {q for c in stub.calls for q in ("correct", "kinder") if q in c["messages"][0]["content"]}
     assert len(asked) == 1  # the same principle for both orders of the pair
-    assert (fwd.winner, fwd.p_first, bwd.winner, bwd.p_first) == ("first", None, "second", None)
-    assert ConstitutionLabelJudge(cfg).requests_per_prompt(3) == 6
+    assert (fwd.winner, fwd.p_x, bwd.winner, bwd.p_x) == ("x", None, "y", None)
+    # in a run, one sampled principle per item too: critique + revision per completion, 2 orders per pair
+    assert ConstitutionJudge(cfg).requests_per_prompt(3) == 2 * 3
+    assert ConstitutionJudge(cfg.model_copy(update={"mode": "label"})).requests_per_prompt(3) == 2 * 1
+    assert ConstitutionJudge(cfg.model_copy(update={"principles": "all"})).requests_per_prompt(3) == 2 * 3 * 2
 
 
 def test_reward_model_prefers_with_the_bradley_terry_probability(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from flows.evals.judge_eval import evaluate, load_pairs
+from judges.contract import Prompt, as_completions
 from judges.pairwise import PairwiseConfig, PairwiseJudge
 from judges.ultrafeedback import ASPECTS, UltraFeedbackConfig, UltraFeedbackJudge
 from serving.client import LLMClient
@@ -20,6 +21,10 @@ PROMPTS = {
                                                      "I like turtles."]),
     "p-sum": ("What is 12 + 30?", ["12 + 30 = 42.", "It is 52.", "Numbers are fun to add!"]),
 }  # fmt: skip
+
+
+def ask(prompt_id: str, text: str) -> Prompt:
+    return Prompt(prompt_id=prompt_id, prompt=text, messages=[{"role": "user", "content": text}])
 
 
 def _run(coro_fn, endpoint: Endpoint):
@@ -36,7 +41,9 @@ def _run(coro_fn, endpoint: Endpoint):
 def test_ultrafeedback_structured_ratings_on_real_server(policy_endpoint):
     async def go(client):
         judge = UltraFeedbackJudge(UltraFeedbackConfig(max_tokens=512), client)  # JSON for 3 answers
-        return await asyncio.gather(*(judge.judge(pid, p, rs) for pid, (p, rs) in PROMPTS.items()))
+        return await asyncio.gather(
+            *(judge.judge(ask(pid, p), as_completions(rs)) for pid, (p, rs) in PROMPTS.items())
+        )
 
     results, counters = _run(go, policy_endpoint)
     assert counters.requests == 2 * len(ASPECTS)  # one request per (prompt, aspect)
@@ -89,7 +96,7 @@ def test_garbage_judge_answers_become_null_with_reason(answer, reason):
         ep = Endpoint(base_url=stub.base_url, model="stub")
         res, _ = _run(
             lambda c: UltraFeedbackJudge(UltraFeedbackConfig(aspects=["helpfulness"]), c).judge(
-                "p", "q", ["a", "b"]
+                ask("p", "q"), as_completions(["a", "b"])
             ),
             ep,
         )

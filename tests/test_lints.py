@@ -12,11 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_from_disk
 
-from flows.dataset.binarize import BinarizeStats, binarize_prompt, verdict_probabilities
+from flows.dataset.binarize import BinarizeStats, PairRow, binarize_prompt, verdict_probabilities
 from flows.dataset.build import ShardFiles, build
 from flows.dataset.card import write_card
 from flows.dataset.lints import Linter, ngrams
-from flows.dataset.rows import constitution_pairs
 from flows.dataset.schema import binarized_features, uf_features
 from flows.recipe import BinarizeSpec, LintSpec, Recipe, load_recipe
 from serving.errors import ConfigError
@@ -79,9 +78,12 @@ def write_inputs(tmp: Path) -> tuple[list[ShardFiles], list[str]]:
     schema = uf_features([], ["uf"], with_provenance=False).arrow_schema
     pq.write_table(pa.Table.from_pylist(ROWS, schema=schema), shard / "rows.parquet")
     msgs = [{"role": "user", "content": "q"}]
-    label = {"winner": "y", "p_x": 0.1, "x": "k" * 25, "y": "k" * 15, "x_model": "m", "y_model": "m",
-             "principle_id": "p", "principle_sha256": "s", "consistent": True}  # fmt: skip
-    cps = constitution_pairs(msgs, "p11", [], [label]) + constitution_pairs(msgs, "p10", [], [label])
+    # a constitutional label with winner y ("k" * 15 over x = "k" * 25) and p_x 0.1: P(chosen) 0.9
+    cps = [PairRow(prompt_id=pid, prompt=msgs, chosen=[{"role": "assistant", "content": "k" * 15}],
+                   rejected=[{"role": "assistant", "content": "k" * 25}], score_chosen=0.9, score_rejected=0.1,
+                   margin=0.8, p_chosen=0.9, chosen_model="m", rejected_model="m", origin="constitution",
+                   judge="constitution:label", principle_id="p", principle_sha256="s")
+           for pid in ("p11", "p10")]  # fmt: skip
     cp_rows = [{**p.model_dump(), "messages": msgs + p.chosen} for p in cps]
     pq.write_table(
         pa.Table.from_pylist(cp_rows, schema=binarized_features().arrow_schema), shard / "cpairs.parquet"

@@ -79,6 +79,13 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
 
     assert "## Constitution" in card and load_constitution(constitution).sha256[:16] in card
     assert summary["stages"]["critique"]["rows"] == 9  # one sampled principle per completion
+    # the constitution is a judge like the others: its own figures and a row in the card's judge table
+    const = summary["build"]["judges"]["constitution"]
+    assert (
+        const["type"] == "constitution"
+        and const["requests"] > 0
+        and "| constitution | constitution |" in card
+    )
     origins = set(b["train_prefs"]["origin"]) | set(b["test_prefs"]["origin"])
     assert "judge" in origins
 

@@ -90,7 +90,12 @@ VOLATILE = {
 }
 SUMMARY_BUILD = ("prompts", "completions", "pairs", "constitution_pairs", "stats", "lints", "ledger",
                  "mean_len_chosen", "mean_len_rejected")  # fmt: skip
-JUDGE_TEXT = ("quality", "headline", "section", "constitution")  # card sentences made of kept figures; a file path
+JUDGE_TEXT = (
+    "quality",
+    "headline",
+    "section",
+    "constitution",
+)  # card sentences made of kept figures; a file path
 USAGE = ("requests", "replayed", "prompt_tokens", "completion_tokens")  # the stub's own figures
 
 

@@ -253,7 +253,7 @@ def test_same_basename_folders_never_share_journalled_answers(tmp_path):
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8 * k}))
         recipe = Recipe.model_validate({"policy": {"model": str(folder)}})
-        eps = [recipe.policy.endpoint_list()]
+        eps = {"generate": recipe.policy.endpoint_list()}
         plan = make_plan(recipe, tmp_path / f"out{k}", eps)
         assert plan.policy_model == "policy"  # the dataset still names the model by its folder name
         keys.append(plan.model_key(plan.policy_model))

@@ -48,13 +48,16 @@ def test_reward_model_learns_an_easy_preference(tiny_model, arith_dataset, tmp_p
     # would make the model prefer the bare wrong number here
     import asyncio
 
+    from judges.contract import Prompt, as_completions
     from judges.registry import make_judge, parse_judge_config
 
     judge = make_judge(parse_judge_config({"type": "reward_model", "reward_model": str(out)}))
     wins = 0
     for k, (a, b) in enumerate([(3, 4), (12, 30), (25, 17), (8, 41), (33, 9), (19, 22)]):
         good, bad = f"Sure! {a} + {b} = {a + b}.", f"{a + b + 3 + k}"
-        s = asyncio.run(judge.judge(f"t{k}", f"What is {a} + {b}?", [good, bad])).scores
+        q = f"What is {a} + {b}?"
+        prompt = Prompt(prompt_id=f"t{k}", prompt=q, messages=[{"role": "user", "content": q}])
+        s = asyncio.run(judge.judge(prompt, as_completions([good, bad]))).scores
         wins += s[0] > s[1]
     assert wins >= 5, wins
 
@@ -127,6 +130,7 @@ def test_zero_pairs_is_a_clear_error(tiny_model, tmp_path):
 def test_reward_model_judge_scores_a_second_round(small_reward_model, arith_dataset, tmp_path):
     import asyncio
 
+    from judges.contract import Prompt, as_completions
     from judges.registry import make_judge, parse_judge_config
     from tests.helpers import uf_rows
 
@@ -136,7 +140,8 @@ def test_reward_model_judge_scores_a_second_round(small_reward_model, arith_data
     assert len(rows) == 48
     for r in rows:
         texts = [c["response"] for c in r["completions"]]
-        data = asyncio.run(judge.judge(r["prompt_id"], r["prompt"], texts, r["messages"]))
+        prompt = Prompt(prompt_id=r["prompt_id"], prompt=r["prompt"], messages=r["messages"])
+        data = asyncio.run(judge.judge(prompt, as_completions(texts)))
         assert data.requests == 0 and len(data.scores) == 2
         assert all(isinstance(s, float) for s in data.scores)
 

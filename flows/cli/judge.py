@@ -23,7 +23,11 @@ def pick_judge(args: argparse.Namespace, recipe: Recipe) -> JudgeConfig:
     try:
         config = pick(recipe.feedback(), args.judge, options)
     except ValueError as exc:
-        why = str(exc).splitlines()[-1].split(" [type=")[0].strip()
+        errors = getattr(exc, "errors", None)
+        first = errors()[0] if callable(errors) else None
+        why = (
+            f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else str(exc).splitlines()[0]
+        ).strip()
         given = " ".join(f"--{k} {v}" for k, v in options.items() if v) or "no options"
         raise ConfigError(f"--judge {args.judge or '(default)'} with {given}: {why}; name a judge type, "
                           "or a judge name of --recipe") from None  # fmt: skip
