@@ -162,8 +162,14 @@ def pipeline_stages(
     summary.build = built
     if plot is not None or not (out_dir / "report" / "scores.png").exists():
         plot_report(out_dir, plot)
-    write_card(out_dir, built, recipe, {"skipped": eng.skipped, "gate": gate,
-                                        "usage": {k: u.model_dump() for k, u in summary.usage.items()}})  # fmt: skip
+    write_card(
+        out_dir,
+        built,
+        recipe,
+        skipped=eng.skipped,
+        gate=gate,
+        usage={k: u.model_dump() for k, u in summary.usage.items()},
+    )
     summary.wall_s = time.monotonic() - t0
     after = total_counters()
     summary.client = {

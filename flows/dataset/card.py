@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.dataset.atomic_files import atomic_write_text
+from flows.dataset.build import BuildResult
 from flows.dataset.card_checks import gate_section, usage_section
+from flows.dataset.gate_result import GateResult
+from flows.recipe import Recipe
 
 SMALL_JUDGE_WARNING = (
     "**The default judge is SmolLM2-135M-Instruct, a tiny model.** It runs everything offline, but "
@@ -118,9 +121,10 @@ def ledger_section(build: Any) -> list[str]:
     return [*lines, ""]
 
 
-def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | None = None) -> Path:
-    """The card: what produced the data, counts, judge quality figures, length-bias signal."""
-    extra = extra or {}
+def write_card(out_dir: Path, build: BuildResult, recipe: Recipe, skipped: dict[str, int] | None = None,
+               gate: GateResult | None = None, usage: dict[str, dict[str, Any]] | None = None) -> Path:  # fmt: skip
+    """The card: what produced the data, counts, judge quality figures, length-bias signal; `skipped`:
+    prompts the shards skipped, `gate`: the judge gate's result, `usage`: tokens and cost per stage."""
     prov_policy = recipe.policy.display_name()
     lines = [_yaml_header(build.pairs), f"# {recipe.name}: preference data made with rlaif", ""]
     lines += [
@@ -151,7 +155,7 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
               f"| prompts without 2 scored completions | {st.unscored} |",
               f"| pairs where the pairwise verdict disagreed | {st.verdict_disagrees} |",
               f"| pairs from the constitution | {build.constitution_pairs} |", ""]  # fmt: skip
-    for k, v in (extra.get("skipped") or {}).items():
+    for k, v in (skipped or {}).items():
         lines.insert(-1, f"| prompts skipped: {k} | {v} |")
     lines += ledger_section(build)
     lines += ["## Judges", "", "| judge | type | model | requests | parse failures | quality |",
@@ -161,7 +165,7 @@ def write_card(out_dir: Path, build: Any, recipe: Any, extra: dict[str, Any] | N
         lines.append(f"| {key} | {f['type']} | {f['model']} | {f['requests']} | "
                      f"{f['parse_failures']} | {q} |")  # fmt: skip
     lines.append("")
-    lines += gate_section(extra.get("gate")) + usage_section(extra.get("usage"))
+    lines += gate_section(gate) + usage_section(usage)
     lines += ["Binarisation: rule `{}`, ties {}, min_margin {} (judge score units), constitution_min_margin {} "
               "(0-1), test fraction {} (split by prompt_id).".format(
         recipe.binarize.rule, "kept" if recipe.binarize.keep_ties else "dropped", recipe.binarize.min_margin,
