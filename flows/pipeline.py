@@ -43,7 +43,7 @@ from flows.engine.summary import (
 from flows.evals.gate import Gate, GateFailed
 from flows.recipe import Recipe
 from serving import metrics
-from serving.shared import total_counters
+from serving.shared import client_limits, total_counters
 
 
 def prepare_prompts(recipe: Recipe, out: Path, recipe_dir: Path | None = None,
@@ -173,8 +173,10 @@ def pipeline_stages(
     summary.wall_s = time.monotonic() - t0
     after = total_counters()
     summary.client = {
-        k: getattr(after, k) - getattr(counters_before, k) for k in ("requests", "failures", "retries")
+        k: getattr(after, k) - getattr(counters_before, k)
+        for k in ("requests", "failures", "retries", "rate_limited")
     }
+    summary.client["concurrency"] = client_limits()  # per endpoint: configured, settled, lowest (AIMD)
     sent = eng.requests_sent()
     summary.engine = {"shards": len(eng.shards), "task_runs": eng.task_runs, "requests": sent,
                       "requests_per_s": round(sent / eng.wall_s, 1) if eng.wall_s else 0.0,

@@ -1,8 +1,10 @@
 """Async client over one or more OpenAI-compatible endpoints (vLLM, OpenAI, any proxy).
 
-Bounded concurrency per endpoint, retries with exponential backoff + jitter on 429/5xx/timeouts/
-connection errors (honouring `Retry-After`), requests spread over endpoints (a failing endpoint is
-rested for a while), and counters a caller can read. Secrets come only from environment variables.
+Bounded concurrency per endpoint, adapted AIMD-style to what the endpoint takes (halved on HTTP 429,
+one slot added back per window of answers, never above `max_concurrency`), retries with exponential
+backoff + jitter on 429/5xx/timeouts/connection errors (honouring `Retry-After`; a 429 is retried for as
+long as the endpoint keeps answering other requests), requests spread over endpoints (a failing endpoint
+is rested for a while), and counters a caller can read. Secrets come only from environment variables.
 
 The transport is aiohttp: against a fast server it costs ~10x less CPU per request than httpx (and
 than `openai.AsyncOpenAI`, which is built on httpx), measured by `bench/client_speed.py`.
@@ -53,6 +55,11 @@ class _EndpointState:
         self.endpoint = endpoint
         self.url = f"{endpoint.base_url.rstrip('/')}/chat/completions"  # for messages: as configured
         self.in_flight = 0
+        self.limit = float(endpoint.max_concurrency)  # AIMD: slots this endpoint gets now
+        self.lowest = endpoint.max_concurrency  # the lowest limit it was cut to
+        self.ceiling = float("inf")  # the limit at the last 429: regained fast, probed past slowly
+        self.answered = 0  # successful answers (a 429 is retried while this grows)
+        self.last_cut = 0.0
         self.consecutive_failures = 0
         self.rested_until = 0.0
         self.target: URL | None = None  # parsed URL, proxy (HTTP(S)_PROXY/NO_PROXY): set by _session
@@ -72,6 +79,9 @@ class LLMClient:
             raise EndpointError("no endpoint configured")
         self.config = config or ClientConfig()
         self.states = [_EndpointState(e) for e in endpoints]
+        if self.config.adaptive:  # slow start: one slot more per answer until the first 429 or the cap
+            for state in self.states:
+                state.limit = float(min(state.endpoint.max_concurrency, 8))
         self.counters = Counters()
         self._busy = 0
         self._busy_since = 0.0
@@ -105,7 +115,7 @@ class LLMClient:
         healthy = [s for s in self.states if s.rested_until <= now] or self.states
         best, best_load = None, 1.0
         for s in healthy:
-            load = s.in_flight / s.endpoint.max_concurrency
+            load = s.in_flight / int(s.limit)
             if load < best_load:
                 best, best_load = s, load
         return best
@@ -149,6 +159,36 @@ class LLMClient:
                 if self._pick() is not None:
                     fut.set_result(None)
                 return
+
+    def _rate_limited(self, state: _EndpointState, sent_at: float) -> None:
+        """Multiplicative decrease: halve the endpoint's limit, once per cut: a 429 to a request sent
+        before the last cut says nothing new (it was sent at the old limit)."""
+        self.counters.rate_limited += 1
+        if not self.config.adaptive or sent_at < state.last_cut:
+            return
+        state.ceiling = state.limit
+        state.limit = max(1.0, state.limit / 2)
+        state.lowest = min(state.lowest, int(state.limit))
+        state.last_cut = time.monotonic()
+
+    def _answered(self, state: _EndpointState) -> None:
+        """Increase while the endpoint runs at its limit: one slot per answer back up to just below the
+        limit that drew the last 429, then one slot per 8 windows of answers (probing past it rarely, so
+        429s stay a small share of requests)."""
+        state.answered += 1
+        cap = state.endpoint.max_concurrency
+        if not self.config.adaptive or state.limit >= cap or state.in_flight < int(state.limit):
+            return
+        if state.limit + 1 < state.ceiling:
+            state.limit = min(float(cap), state.limit + 1, max(state.ceiling - 1, 1.0))
+        else:
+            state.limit = min(float(cap), state.limit + 1.0 / (8 * state.limit))
+        self._wake()
+
+    def limits(self) -> dict[str, dict[str, int]]:
+        """Per endpoint: its configured concurrency, where AIMD left it, and the lowest it went."""
+        return {s.endpoint.base_url: {"max_concurrency": s.endpoint.max_concurrency, "settled": int(s.limit),
+                                      "lowest": s.lowest} for s in self.states}  # fmt: skip
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -203,7 +243,8 @@ class LLMClient:
         counters = self.counters
         self._busy_enter()
         try:
-            for attempt in range(self.config.max_retries + 1):
+            attempt, limited, seen = 0, 0, -1
+            while True:
                 session = self._session()
                 state = await self._acquire(priority)
                 try:
@@ -212,6 +253,7 @@ class LLMClient:
                     headers = {**_JSON_HEADERS, "Authorization": f"Bearer {key}"} if key else _JSON_HEADERS
                     status, retry_after, data = 0, None, b""
                     counters.requests += 1
+                    sent_at = time.monotonic()
                     try:
                         async with session.post(
                             state.target, data=_dumps({**body, "model": ep.model}), headers=headers,
@@ -230,6 +272,7 @@ class LLMClient:
                             last_error = f"unparseable response from {url}: {exc}"
                         else:
                             state.consecutive_failures = 0
+                            self._answered(state)
                             counters.prompt_tokens += result.prompt_tokens
                             counters.cached_prompt_tokens += result.cached_prompt_tokens
                             counters.completion_tokens += result.completion_tokens
@@ -244,16 +287,38 @@ class LLMClient:
                         if status not in RETRYABLE_STATUS:
                             counters.failures += 1
                             raise RequestRejected(last_error, status)
-                    counters.failures += 1
-                    state.consecutive_failures += 1
-                    if state.consecutive_failures >= self.config.rest_after_failures and len(self.states) > 1:
-                        state.rested_until = time.monotonic() + self.config.rest_s
-                        state.consecutive_failures = 0
+                    if status == 429:  # too many requests: fewer at once, and this one waits its turn
+                        counters.failures += 1
+                        self._rate_limited(state, sent_at)
+                        limited = limited + 1 if state.answered == seen else 1
+                        seen = state.answered
+                        if limited >= self.config.max_rate_limited:
+                            raise EndpointError(
+                                f"rate limited: HTTP 429 from {url} {limited} times in a row for one request "
+                                "with no answer from it in between; lower the endpoint's max_concurrency or "
+                                "raise your rate limit with the provider, then re-run (answers are kept)"
+                            )
+                    else:
+                        counters.failures += 1
+                        state.consecutive_failures += 1
+                        if (
+                            state.consecutive_failures >= self.config.rest_after_failures
+                            and len(self.states) > 1
+                        ):
+                            state.rested_until = time.monotonic() + self.config.rest_s
+                            state.consecutive_failures = 0
                 finally:
                     self._release(state)  # after the rest decision, so the next caller sees it
+                if status == 429:  # retried for as long as the endpoint answers others; not holding a slot
+                    counters.retries += 1
+                    await asyncio.sleep(self._backoff(min(limited, 6), retry_after))
+                    continue
                 if attempt < self.config.max_retries:
                     counters.retries += 1
                     await asyncio.sleep(self._backoff(attempt, retry_after))
+                    attempt += 1
+                    continue
+                break
             raise EndpointError(
                 f"gave up after {self.config.max_retries + 1} attempts: {last_error} "
                 "(is the endpoint up? check base_url/model in the recipe)"

@@ -41,6 +41,15 @@ class ClientConfig(BaseModel):
     backoff_max_s: float = Field(default=30.0, ge=0)
     rest_after_failures: int = Field(default=5, ge=1, description="consecutive failures to rest")
     rest_s: float = Field(default=30.0, ge=0, description="how long a failing endpoint rests")
+    adaptive: bool = Field(
+        default=True,
+        description="AIMD per endpoint: halve the concurrency on HTTP 429, add a slot back per window of answers",
+    )
+    max_rate_limited: int = Field(
+        default=50,
+        ge=1,
+        description="429s in a row for one request, with no answer from its endpoint in between, before giving up",
+    )
 
 
 class Counters(BaseModel):
@@ -51,6 +60,7 @@ class Counters(BaseModel):
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_s: float = 0.0
+    rate_limited: int = 0  # answers that were HTTP 429 (each one retried, never a skip)
 
 
 class Choice(BaseModel):

@@ -69,6 +69,16 @@ def total_counters() -> Counters:
     return total
 
 
+def client_limits() -> dict[str, dict[str, int]]:
+    """Per endpoint of every client of this process: configured, settled and lowest concurrency (AIMD)."""
+    with _LOCK:
+        clients = list(_CLIENTS.values())
+    out: dict[str, dict[str, int]] = {}
+    for c in clients:
+        out.update(c.limits())
+    return out
+
+
 def clear_interrupt() -> None:
     """A new command in the same process (tests, `rlaif serve`) starts uninterrupted."""
     _INTERRUPTED.clear()
