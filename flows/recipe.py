@@ -310,7 +310,7 @@ class Recipe(_Strict):
 
     def served(self) -> list[ServedModel]:
         """Every model the run talks to: the policy, then each judge's endpoint."""
-        return [self.policy, *(self.judge_endpoint(c.judge) for c in self.feedback())]
+        return list(self.served_by_stage().values())
 
     def sha256(self) -> str:
         """Hash of what shapes the data; how it is executed (runner, shard sizes, client) is left out,

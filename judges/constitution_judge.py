@@ -11,7 +11,7 @@ import asyncio
 import random
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -29,8 +29,10 @@ from judges.contract import (
     combine_orders,
 )
 from judges.helpers import choice_probability, clip, render
-from serving.client import LLMClient
 from serving.endpoint import RequestRejected
+
+if TYPE_CHECKING:
+    from serving.client import LLMClient
 
 REFUSAL = re.compile(
     r"^(i'?m sorry|i am sorry|i cannot|i can'?t (revise|rewrite|help)|no (revision|changes?) (is |are )?needed"
@@ -209,9 +211,6 @@ class ConstitutionJudge(Judge):
 
     def extra_files(self) -> list[Path]:
         return [Path(self.cfg.constitution)]
-
-    def fingerprint(self) -> str:
-        return f"{self.constitution.sha256}:{super().fingerprint()}"
 
     def provenance(self) -> dict[str, str]:
         return {"constitution_sha256": self.constitution.sha256}

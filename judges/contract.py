@@ -20,7 +20,6 @@ from serving.served import ServedModel
 Side = Literal["x", "y", "tie"]
 """The one verdict vocabulary: of two answers (x, y), x is the first given (shown first, or completion i
 of a pair (i, j)), y the second; "tie" when neither wins."""
-Winner = Side  # older name
 
 
 class JudgeConfig(BaseModel):

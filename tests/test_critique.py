@@ -61,8 +61,7 @@ def test_critique_label_and_edit_one_principle(vllm_server, tmp_path):
 
     def plan(out_dir, critique, critique_endpoint) -> ShardPlan:
         judge = make_judge(critique)  # reads the constitution now: its fingerprint covers the file's text
-        run = JudgeRun(spec=critique, endpoints=[critique_endpoint], template_sha=judge.fingerprint(),
-                       stage=judge.stage)  # fmt: skip
+        run = JudgeRun(spec=critique, endpoints=[critique_endpoint], template_sha=judge.fingerprint())  # fmt: skip
         # answers cut at max_tokens stay eligible: this test counts critiques and labels, not cuts
         return ShardPlan(out_dir=str(out_dir), policy_model="m", policy_endpoints=[endpoint],
                          sampling=Sampling(n=2, max_tokens=24), judges=[run],

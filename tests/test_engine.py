@@ -95,7 +95,7 @@ def test_recorded_client_replays_and_journals_only_permanent_rejections(tmp_path
 def test_stage_priorities_put_long_chains_first_and_stay_out_of_the_journal_key(tmp_path):
     from flows.engine.shard import JudgeRun, ShardPlan
     from flows.recipe import Sampling
-    from judges.registry import make_judge, parse_judge_config
+    from judges.registry import parse_judge_config
 
     const = tmp_path / "c.yaml"
     const.write_text(
@@ -104,7 +104,7 @@ def test_stage_priorities_put_long_chains_first_and_stay_out_of_the_journal_key(
     specs = [parse_judge_config(c) for c in ({"type": "pairwise", "max_tokens": 64},
                                              {"type": "ultrafeedback", "max_tokens": 512},
                                              {"type": "constitution", "constitution": str(const), "max_tokens": 96})]  # fmt: skip
-    judges = [JudgeRun(spec=c, endpoints=[], template_sha="t", stage=make_judge(c).stage) for c in specs]
+    judges = [JudgeRun(spec=c, endpoints=[], template_sha="t") for c in specs]
     plan = ShardPlan(out_dir=str(tmp_path), policy_model="m", policy_endpoints=[], judges=judges,
                      sampling=Sampling(max_tokens=96))  # fmt: skip
     chains = plan.chain_tokens()

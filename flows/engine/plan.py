@@ -22,7 +22,7 @@ def make_plan(
         spec = config.resolved(base)
         judge = make_judge(spec, None, recipe.lints.allow_truncated_chosen)  # built once, files read now
         eps = endpoints[judge.stage] if judge.uses_endpoint else []
-        runs.append(JudgeRun(spec=spec, endpoints=eps, template_sha=judge.fingerprint(), stage=judge.stage))
+        runs.append(JudgeRun(spec=spec, endpoints=eps, template_sha=judge.fingerprint()))
         judges.append(judge)
     served = recipe.served_by_stage()
     model_ids = {m.served_name(): model_identity(m.model) for m in served.values() if m.is_local}

@@ -30,7 +30,7 @@ from flows.engine.stages import generate
 from flows.engine.token_bound import byte_bound, prompt_bound
 from flows.recipe import BudgetSpec, Sampling
 from judges.contract import Judge
-from judges.registry import AnyJudgeConfig, make_judge, ranking_key
+from judges.registry import AnyJudgeConfig, judge_class, make_judge, ranking_key
 from serving.endpoint import ClientConfig, Endpoint
 from serving.price import Price
 from serving.shared import io_loop, shared_client
@@ -40,7 +40,11 @@ class JudgeRun(BaseModel):
     spec: AnyJudgeConfig  # file paths resolved
     endpoints: list[Endpoint] = Field(default_factory=list)  # empty for judges that run locally
     template_sha: str = ""  # `Judge.fingerprint()`: config + templates (+ local model files)
-    stage: str = ""  # `Judge.stage`: what its requests are journalled and counted under
+
+    @property
+    def stage(self) -> str:
+        """What its requests are journalled and counted under (`Judge.stage_of`)."""
+        return judge_class(self.spec.type).stage_of(self.spec)
 
 
 class ShardPlan(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, computed_field
 
-from judges.contract import Judge, Preference, Winner, as_prompt, prefer_both_orders
+from judges.contract import Judge, Preference, Side, as_prompt, prefer_both_orders
 from serving.errors import DataError
 
 
@@ -92,7 +92,7 @@ def load_pairs(path: Path | str) -> list[LabelledPair]:
     return out
 
 
-def pair_score(verdict: Winner, tie: bool, called_tie: bool) -> float:
+def pair_score(verdict: Side, tie: bool, called_tie: bool) -> float:
     """One pair's accuracy point. Human preference: chosen (x) 1, rejected (y) 0, a tie 0.5. Human tie: 1
     when the judge called a tie in both orders, else 0.5 (a pick, or orders that disagree, is a coin)."""
     if tie:
@@ -100,7 +100,7 @@ def pair_score(verdict: Winner, tie: bool, called_tie: bool) -> float:
     return {"x": 1.0, "y": 0.0, "tie": 0.5}[verdict]
 
 
-def length_verdict(pair: LabelledPair) -> Winner:
+def length_verdict(pair: LabelledPair) -> Side:
     a, b = len(pair.chosen), len(pair.rejected)
     return "x" if a > b else "y" if b > a else "tie"
 
@@ -126,7 +126,7 @@ class _Judged(BaseModel):
     """One pair's outcome (internal)."""
 
     pair: LabelledPair
-    verdict: Winner
+    verdict: Side
     fwd: Preference  # chosen shown first
     bwd: Preference  # rejected shown first
 
