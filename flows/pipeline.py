@@ -16,6 +16,7 @@ from prefect import flow
 from flows.dataset.atomic_files import check_writable, write_json
 from flows.dataset.build import ShardFiles, build, provenance, sum_tallies
 from flows.dataset.card import plot_report, write_card
+from flows.dataset.decisions import decisions_file, read_decisions
 from flows.dataset.gate_result import GateResult
 from flows.dataset.prompts import iter_prompts, resolve_path
 from flows.engine.dispatch import (
@@ -74,6 +75,7 @@ def run_pipeline(
     When every shard is already finished with this plan there is nothing to send: the build, card and
     summary are brought up to date without starting a model server or a Prefect flow run."""
     check_writable(out)
+    read_decisions(decisions_file(out))  # a malformed review decision stops the run before any request
     by_stage = recipe.served_by_stage()
     plan = make_plan(recipe, out, {k: m.endpoint_list() for k, m in by_stage.items()}, recipe_dir)
     gate = Gate(recipe, recipe_dir, out) if recipe.gate is not None else None  # reads the pairs now

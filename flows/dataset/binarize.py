@@ -32,6 +32,36 @@ class PairRow(BaseModel):
     judge: str
     principle_id: str | None = None
     principle_sha256: str | None = None
+    pair_id: str = ""  # stable across re-builds: `pair_id()`; `build` sets it
+    flags: list[str] = []  # what a reviewer should look at first: FLAGS
+
+
+FLAGS = ("judges disagree", "truncated", "duplicate prompt")
+
+
+def pair_id(prompt_id: str, origin: str, principle_id: str | None, chosen: str, rejected: str) -> str:
+    """The id a review decision names: the prompt, the origin, the principle and both answers as the
+    judges ordered them (a re-build that makes the same pair gives the same id; a decision never changes it)."""
+    key = "\x00".join((prompt_id, origin, principle_id or "", chosen, rejected))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def disagree(row: dict[str, Any], c: int, r: int, score_key: str) -> bool:
+    """Another judge ranks completion `r` over `c` (a lower score, or a pairwise verdict for `r`), or a
+    pairwise judge's two orders of the pair disagree."""
+    comps = row["completions"]
+    mine, theirs = comps[c].get("scores") or {}, comps[r].get("scores") or {}
+    if any(k != score_key and s is not None and theirs.get(k) is not None and s < theirs[k]
+           for k, s in mine.items()):  # fmt: skip
+        return True
+    si, sj = comps[c]["sample_index"], comps[r]["sample_index"]
+    for v in row.get("pairwise_verdicts") or []:
+        ij = (v["i"], v["j"])
+        if ij == (si, sj) and v["winner"] == "y" or ij == (sj, si) and v["winner"] == "x":
+            return True
+        if ij in ((si, sj), (sj, si)) and v.get("consistent") is False:
+            return True
+    return False
 
 
 class BinarizeStats(BaseModel):
@@ -179,13 +209,15 @@ def binarize_prompt(
         if margin < spec.min_margin:
             stats.below_margin += 1
             continue
+        flags = ["judges disagree"] if disagree(row, c, r, score_key) else []
+        flags += ["truncated"] if cut[c] or cut[r] else []
         out.append(PairRow(
             prompt_id=row["prompt_id"], prompt=row["messages"],
             chosen=_assistant(comps[c]["response"]), rejected=_assistant(comps[r]["response"]),
             score_chosen=float(scores[c]), score_rejected=float(scores[r]),  # type: ignore[arg-type]
             margin=margin, chosen_model=comps[c]["model"], rejected_model=comps[r]["model"],
             origin="judge", judge=score_key,
-            p_chosen=p_chosen(probs, comps[c]["sample_index"], comps[r]["sample_index"]),
+            p_chosen=p_chosen(probs, comps[c]["sample_index"], comps[r]["sample_index"]), flags=flags,
         ))  # fmt: skip
     stats.pairs += len(out)
     return out

@@ -24,7 +24,16 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from flows.dataset.atomic_files import read_json, write_json
-from flows.dataset.binarize import BinarizeStats, best_of_n, binarize_prompt, is_test, verdict_probabilities
+from flows.dataset.binarize import (
+    BinarizeStats,
+    best_of_n,
+    binarize_prompt,
+    is_test,
+    pair_id,
+    truncated,
+    verdict_probabilities,
+)
+from flows.dataset.decisions import Decision, ReviewCounts, apply, decisions_file, digest, read_decisions
 from flows.dataset.ledger import Account, Ledger
 from flows.dataset.lints import Linter, LintReport, lint_fingerprint
 from flows.dataset.schema import UF_DIR, binarized_features
@@ -45,6 +54,7 @@ class BuildResult(BaseModel):
     mean_len_chosen: float | None = None
     mean_len_rejected: float | None = None
     lints: LintReport = Field(default_factory=LintReport)
+    review: ReviewCounts = Field(default_factory=ReviewCounts)
     ledger: Ledger = Field(default_factory=Ledger)
     fingerprint: str = ""
     cached: bool = False
@@ -145,12 +155,14 @@ def build(
     The build adds its drops and what it wrote, and fails (LedgerError) when an equation does not close."""
     lints = lints or LintSpec()
     eval_files = [Path(p).expanduser() for p in decontaminate or []]
+    decisions = read_decisions(decisions_file(out_dir))  # a malformed line stops here: nothing written
     fp_data = (
         [[s.rows_path, s.fingerprint] for s in shards],
         spec.model_dump(),
         score_key,
         {k: v for k, v in prov.items() if k != "created_at"},
         lint_fingerprint(lints, eval_files),
+        *([digest(decisions)] if decisions else []),  # no decisions: the fingerprint of earlier builds
     )
     fp = hashlib.sha256(json.dumps(fp_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +185,7 @@ def build(
     linter = Linter(lints, eval_files)
     allow_cut = lints.allow_truncated_chosen
     len_c = len_r = 0
+    review = Reviewed(decisions, spec.keep_ties)
     prov_type = pa.struct(uf_schema.field("provenance").type)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
     try:
@@ -183,10 +196,12 @@ def build(
             for s in shards:
                 table = pq.read_table(s.rows_path)
                 rows = table.to_pylist()
-                keep = []
+                keep, dups = [], set()
                 for r in rows:
                     kept = linter.keep_prompt(r)
                     keep.append(kept)
+                    if kept and linter.duplicate:
+                        dups.add(r["prompt_id"])
                     if not upstream:
                         led.prompts.given += 1
                         led.samples.given += len(r["completions"])
@@ -203,7 +218,10 @@ def build(
                 led.prompts.kept += len(rows)
                 led.samples.kept += sum(len(r["completions"]) for r in rows)
                 out: dict[str, list[dict[str, Any]]] = {k: [] for k in SPLITS}
+                cut: dict[str, set[str]] = {}  # prompt id -> its answers cut at max_tokens (this shard)
                 for row in rows:
+                    if any(truncated(c) for c in row["completions"]):
+                        cut[row["prompt_id"]] = {c["response"] for c in row["completions"] if truncated(c)}
                     res.prompts += 1
                     res.completions += len(row["completions"])
                     for c in row["completions"]:
@@ -216,10 +234,10 @@ def build(
                         probs = verdict_probabilities(row["pairwise_verdicts"], score_key)
                         pairs = binarize_prompt(row, score_key, spec, verdicts, res.stats, probs, allow_cut)
                         for p in pairs:
-                            if linter.keep_pair(d := p.model_dump()):
-                                out[f"{split}_prefs"].append(d)
-                            else:
+                            if not linter.keep_pair(d := p.model_dump()):
                                 judged.drop(linter.last_drop or "lint")
+                            elif (d := review.pair(with_id(d, dups), judged)) is not None:
+                                out[f"{split}_prefs"].append(d)
                     else:
                         res.stats.prompts += 1
                     led.sft.given += 1
@@ -229,7 +247,7 @@ def build(
                         led.sft.drop("truncated" if res.stats.truncated_sft_dropped > cut_before
                                      else "no scored completion")  # fmt: skip
                     elif linter.keep_sft(sft):
-                        out[f"{split}_sft"].append(sft)
+                        out[f"{split}_sft"].append(with_id(sft, dups))
                     else:
                         led.sft.drop(linter.last_drop or "lint")
                 for cp in pq.read_table(s.cpairs_path).to_pylist():  # pairs the judges made themselves
@@ -244,6 +262,8 @@ def build(
                     if not linter.keep_pair(cp):
                         const.drop(linter.last_drop or "lint")
                         continue
+                    if (cp := review.pair(with_id(cp, dups, cut.get(cp["prompt_id"])), const)) is None:
+                        continue
                     out[f"{'test' if test(cp['prompt_id']) else 'train'}_prefs"].append(cp)
                     res.constitution_pairs += 1
                 for split, prs in out.items():
@@ -254,12 +274,12 @@ def build(
                             plot.pair(lc, lr)
                             if split == "train_prefs":
                                 plot.margins.append(p["margin"])
-                    w.pairs(split, prs)
                     for p in prs:
                         if split.endswith("prefs"):
-                            led.origin(p["origin"]).kept += 1
+                            led.origin(p.pop(FROM, p["origin"])).kept += 1
                         else:
                             led.sft.kept += 1
+                    w.pairs(split, prs)
         finally:
             w.close()
         res.pairs = dict(w.counts)
@@ -270,6 +290,11 @@ def build(
                       "truncated": st.truncated_chosen_dropped, "verdict disagrees": st.verdict_disagrees,
                       "below min_margin": st.below_margin - sum(a.dropped.get("below min_margin", 0) for a in extra)})  # fmt: skip
         led.notes["truncated chosen re-picked"] = st.truncated_chosen_repicked
+        res.review = review.finish()
+        if n := review.kept:
+            led.notes["pairs a reviewer decided (origin human)"] = n
+        if res.review.unmatched:
+            led.notes["decisions naming no pair of this build"] = res.review.unmatched
         res.ledger = led
         led.check()
         n_pairs = res.pairs["train_prefs"] + res.pairs["test_prefs"]
@@ -287,6 +312,55 @@ def build(
     res.lints = linter.finish()
     write_json(marker, res.model_dump())
     return res, plot
+
+
+FROM = "_ledger_origin"  # a decided pair's origin before it became "human": its ledger account
+
+
+def with_id(row: dict[str, Any], duplicates: set[str], cut: set[str] | None = None) -> dict[str, Any]:
+    """The row with its `pair_id` and flags: "duplicate prompt" (an exact or near duplicate of an
+    earlier prompt), "truncated" for a judges' own pair whose rejected answer was cut (`cut`: such answers)."""
+    text = [m["content"] for side in ("chosen", "rejected") for m in row.get(side) or []]
+    row["pair_id"] = pair_id(row["prompt_id"], row["origin"], row.get("principle_id"), *(text + ["", ""])[:2])
+    flags = list(row.get("flags") or [])
+    if cut and len(text) > 1 and text[1] in cut and "truncated" not in flags:
+        flags.append("truncated")
+    if row["prompt_id"] in duplicates:
+        flags.append("duplicate prompt")
+    row["flags"] = flags
+    return row
+
+
+class Reviewed:
+    """Applies the review decisions to the pairs `build` is about to write, and counts them."""
+
+    def __init__(self, decisions: dict[str, Decision], keep_ties: bool) -> None:
+        self.decisions, self.keep_ties = decisions, keep_ties
+        self.seen: set[str] = set()
+        self.kept = 0  # decided pairs written (origin "human")
+        self.counts = ReviewCounts(decisions=len(decisions))
+
+    def pair(self, row: dict[str, Any], account: Account) -> dict[str, Any] | None:
+        """The row as decided (None: it leaves the dataset, a named drop in `account`)."""
+        d = self.decisions.get(row["pair_id"])
+        if d is None:
+            return row
+        self.seen.add(row["pair_id"])
+        c = self.counts
+        name = {"accept": "accepted", "flip": "flipped", "tie": "tied", "drop": "dropped"}[d.decision]
+        setattr(c, name, getattr(c, name) + 1)
+        out = apply(row, d, self.keep_ties)
+        if out is None:
+            account.drop(f"reviewer: {d.decision}")
+            return None
+        out[FROM] = row["origin"]
+        self.kept += 1
+        return out
+
+    def finish(self) -> ReviewCounts:
+        missing = [k for k in self.decisions if k not in self.seen]
+        self.counts.unmatched, self.counts.unmatched_examples = len(missing), missing[:10]
+        return self.counts
 
 
 def extra_pair_kept(pair: dict[str, Any], spec: BinarizeSpec, stats: BinarizeStats,

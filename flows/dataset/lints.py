@@ -143,11 +143,13 @@ class Linter:
         self._minhash = MinHash
         self._pairs = self._longer = self._gap = 0
         self.last_drop: str | None = None  # why the last `keep_*` said False (a ledger drop name)
+        self.duplicate: str | None = None  # the last prompt kept: "exact"/"near" duplicate of an earlier one
 
     def keep_prompt(self, row: dict[str, Any]) -> bool:
         """False for a prompt overlapping an eval set, or a later duplicate with drop_duplicate_prompts."""
         pid, text = row["prompt_id"], prompt_text(row)
         r = self.report
+        self.duplicate = None
         if self._index is not None and (mask := self._index.match(text)):
             for k, name in enumerate(self._files):
                 r.decontaminated[name] += (mask >> k) & 1
@@ -165,6 +167,7 @@ class Linter:
             sig.update_batch([g.encode() for g in grams])
             near = self._lsh.query(sig)
             earlier, kind = (min(near), "near") if near else (None, kind)
+        self.duplicate = kind if earlier is not None else None
         if earlier is not None:
             if kind == "exact":
                 r.exact_duplicate_prompts += 1

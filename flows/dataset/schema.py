@@ -17,13 +17,14 @@ MSGS = List({"role": Value("string"), "content": Value("string")})
 
 def binarized_features() -> Features:
     """One schema for all four splits (as in HuggingFaceH4/ultrafeedback_binarized), plus `p_chosen`: a
-    judge's P(chosen better) from logprobs, both orders averaged; null without one (soft labels)."""
+    judge's P(chosen better) from logprobs, both orders averaged; null without one (soft labels);
+    `pair_id`: the pair's stable id (review decisions name it); `flags`: what a reviewer should see first."""
     return Features({
         "prompt_id": Value("string"), "prompt": MSGS, "chosen": MSGS, "rejected": MSGS, "messages": MSGS,
         "score_chosen": Value("float64"), "score_rejected": Value("float64"), "margin": Value("float64"),
         "p_chosen": Value("float64"), "chosen_model": Value("string"), "rejected_model": Value("string"),
         "origin": Value("string"), "judge": Value("string"), "principle_id": Value("string"),
-        "principle_sha256": Value("string"),
+        "principle_sha256": Value("string"), "pair_id": Value("string"), "flags": List(Value("string")),
     })  # fmt: skip
 
 
