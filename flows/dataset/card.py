@@ -121,6 +121,22 @@ def ledger_section(build: Any) -> list[str]:
     return [*lines, ""]
 
 
+def review_section(build: Any) -> list[str]:
+    """What people decided (`rlaif review`, RUN/review/decisions.jsonl) and what it did to the pairs."""
+    rv = getattr(build, "review", None)
+    if rv is None or not rv.decisions:
+        return []
+    lines = ["## Human review", "", f"{rv.decisions} pairs have a reviewer's decision (review/decisions.jsonl); "
+             "a decided pair that stays has `origin: human`.", "", "| what | count |", "|---|---|",
+             f"| accepted by a reviewer | {rv.accepted} |", f"| flipped by a reviewer | {rv.flipped} |",
+             f"| tied by a reviewer | {rv.tied} |", f"| dropped by a reviewer | {rv.dropped} |",
+             f"| decisions naming no pair of this build | {rv.unmatched} |"]  # fmt: skip
+    if rv.unmatched:
+        lines += ["", f"Decisions whose pair this build did not make (the recipe or the judges changed): "
+                  f"{', '.join(rv.unmatched_examples)}{' ...' if rv.unmatched > len(rv.unmatched_examples) else ''}."]  # fmt: skip
+    return [*lines, ""]
+
+
 def write_card(out_dir: Path, build: BuildResult, recipe: Recipe, skipped: dict[str, int] | None = None,
                gate: GateResult | None = None, usage: dict[str, dict[str, Any]] | None = None) -> Path:  # fmt: skip
     """The card: what produced the data, counts, judge quality figures, length-bias signal; `skipped`:
@@ -157,6 +173,7 @@ def write_card(out_dir: Path, build: BuildResult, recipe: Recipe, skipped: dict[
               f"| pairs from the constitution | {build.constitution_pairs} |", ""]  # fmt: skip
     for k, v in (skipped or {}).items():
         lines.insert(-1, f"| prompts skipped: {k} | {v} |")
+    lines += review_section(build)
     lines += ledger_section(build)
     lines += ["## Judges", "", "| judge | type | model | requests | parse failures | quality |",
               "|---|---|---|---|---|---|"]  # fmt: skip

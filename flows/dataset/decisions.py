@@ -22,14 +22,28 @@ Verdict = Literal["accept", "flip", "tie", "drop"]
 HUMAN = "human"  # the `origin` of a pair a person decided
 
 
+class PairSnapshot(BaseModel):
+    """The pair as the judges ordered it when it was decided (the review page writes it), so a decision
+    still says what was compared after its pair has left the dataset (a drop, a tie, a changed recipe)."""
+
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    origin: str
+    judge: str
+    principle_id: str | None = None
+
+
 class Decision(BaseModel):
-    """One line of decisions.jsonl."""
+    """One line of decisions.jsonl: `decision` is about the pair in the judges' order (flip: the
+    rejected answer is the better one)."""
 
     pair_id: str = Field(min_length=1)
     decision: Verdict
     note: str | None = None
     time: str | None = None  # ISO 8601, UTC; `append_decision` fills it
     reviewer: str | None = None
+    pair: PairSnapshot | None = None  # optional: what was compared (the page always writes it)
 
 
 class ReviewCounts(BaseModel):

@@ -5,20 +5,23 @@ Fixed from the recipe (aspects, judge names) so every shard writes the same Arro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Features, List, Value
+if TYPE_CHECKING:  # `datasets` takes ~0.7 s to import: only the functions below need it
+    from datasets import Features
 
 UF_DIR = (
     "ultrafeedback"  # the UltraFeedback-style dataset's folder (OUT/ultrafeedback, OUT/parquet/ultrafeedback)
 )
-MSGS = List({"role": Value("string"), "content": Value("string")})
 
 
 def binarized_features() -> Features:
     """One schema for all four splits (as in HuggingFaceH4/ultrafeedback_binarized), plus `p_chosen`: a
     judge's P(chosen better) from logprobs, both orders averaged; null without one (soft labels);
     `pair_id`: the pair's stable id (review decisions name it); `flags`: what a reviewer should see first."""
+    from datasets import Features, List, Value
+
+    MSGS = List({"role": Value("string"), "content": Value("string")})
     return Features({
         "prompt_id": Value("string"), "prompt": MSGS, "chosen": MSGS, "rejected": MSGS, "messages": MSGS,
         "score_chosen": Value("float64"), "score_rejected": Value("float64"), "margin": Value("float64"),
@@ -35,6 +38,9 @@ def uf_features(
     note_keys: list[str] | None = None,
 ) -> Features:
     """UltraFeedback rows: one per prompt, `completions[]` with annotations and every judge's score."""
+    from datasets import Features, List, Value
+
+    MSGS = List({"role": Value("string"), "content": Value("string")})
     rating = {"rating": Value("int64"), "rationale": Value("string"), "error": Value("string")}
     comp: dict[str, Any] = {
         "sample_index": Value("int64"), "model": Value("string"), "response": Value("string"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from pydantic import BaseModel
 from flows.dataset.atomic_files import atomic_write_text
 from flows.dataset.prompts import PromptRow
 from flows.engine.live_endpoints import live_endpoints
+from flows.evals.interval import wilson
 from judges.contract import Side, prefer_both_orders
 from judges.registry import make_judge, pick
 from serving.endpoint import ClientConfig
@@ -24,15 +24,6 @@ from serving.shared import run_sync, shared_client
 
 if TYPE_CHECKING:
     from flows.recipe import Recipe
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 class WinRate(BaseModel):
