@@ -16,7 +16,7 @@ import threading
 from flows.cli import constitution, iterate, judge, push, review, run, schedule, serve, train
 from serving.errors import RlaifError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "entry", "main"]
 
 # One module per command group, in the order `rlaif --help` lists their commands.
 COMMAND_GROUPS = (serve, run, iterate, judge, constitution, review, push, train, schedule)
@@ -98,3 +98,23 @@ def main(argv: list[str] | None = None) -> int:
         print("rlaif: interrupted; finished shards are kept, re-run the same command to resume",
               file=sys.stderr)  # fmt: skip
         return 130
+
+
+def entry() -> None:
+    """The `rlaif` executable: `main`, then a quiet exit. A command that trained or served in-process has
+    loaded triton, whose nanobind bindings print ~30 lines of "leaked instance/type/function" while the
+    interpreter shuts down, after the command's own last line. So once its output is flushed and the
+    atexit handlers have run (Prefect's and ours stop what they started), the process exits without
+    that teardown. Without triton loaded it exits the normal way."""
+    code = main()
+    if "triton" not in sys.modules:
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
