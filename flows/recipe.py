@@ -103,6 +103,23 @@ class BudgetSpec(_Strict):
         return self
 
 
+class StopRules(_Strict):
+    """`rounds.stop_when`: end `rlaif iterate` early, with one line saying why, after a round where any
+    rule holds (checked on finished rounds too, so a re-run does not start another)."""
+
+    win_rate_ci_low_below: float | None = Field(
+        default=None, ge=0, le=1,
+        description="the trained policy's win rate over the previous policy has its lower 95% bound below this",
+    )  # fmt: skip
+    length_growth_above: float | None = Field(
+        default=None, gt=0,
+        description="the trained policy's mean held-out answer length over the base policy's exceeds this ratio",
+    )  # fmt: skip
+    judge_accuracy_below: float | None = Field(
+        default=None, ge=0, le=1, description="the round's judge gate measured an accuracy below this"
+    )
+
+
 class RoundsSpec(_Strict):
     """`rounds:` on-policy rounds: how many, which prompts each round gets, where the trained policy is
     served, and (for an external policy endpoint) the command that loads new weights there."""
@@ -121,6 +138,7 @@ class RoundsSpec(_Strict):
         description="external policy only: a command run before each round >= 2 that makes the endpoint "
         "serve the new weights; {model} = the trained folder, {name} = its name@hash",
     )
+    stop_when: StopRules = Field(default_factory=StopRules, description="rules that end the rounds early")
 
 
 DECONTAMINATE_FORMATS = (".jsonl", ".json", ".parquet", ".csv")

@@ -15,6 +15,7 @@ from serving.models import weights_sha256
 from tests.helpers import journal_records, write_jsonl
 
 ROUNDS_PORT = 8767
+GOLD = Path(__file__).resolve().parents[1] / "data" / "gold" / "pairs.jsonl"
 
 
 def rounds_recipe(tmp: Path, port: int, extra: str = "") -> Path:
@@ -30,6 +31,7 @@ binarize: {{rule: best-vs-worst, test_fraction: 0.0}}
 lints: {{allow_truncated_chosen: true}}
 train: {{method: dpo, max_steps: 1, batch_size: 2, max_length: 64}}
 rounds: {{count: 2, prompts_per_round: 3, eval_prompts: 2, eval_max_tokens: 12, port: {ROUNDS_PORT}}}
+gate: {{pairs: {GOLD}, judge: chars}}  # re-checked every round (scored locally: no request)
 {extra}""")
     return p
 
@@ -67,6 +69,17 @@ def test_round_two_generates_with_round_one_model(two_rounds, vllm_server):
     assert "## On-policy round" in card and sha1 in card and "parent round | round 1" in card
     assert (out / "report" / "rounds.png").stat().st_size > 0
     assert [r["round"] for r in json.loads((out / "rounds.json").read_text())] == [1, 2]
+    # every round re-checks the judge (round 2 reuses round 1's figures: nothing changed) and reports
+    # the length figures that show length creep
+    assert r1["gate"]["key"] == r2["gate"]["key"] and r2["gate"]["figures"]["n"] == 24
+    assert (
+        json.loads((out / "round-2" / "summary.json").read_text())["gate"]["figures"] == r1["gate"]["figures"]
+    )
+    for r in (r1, r2):
+        assert r["base_mean_len"] > 0 and r["completion_len"] > 0 and 0 <= r["longer_chosen_share"] <= 1
+        assert r["stopped"] is None
+    assert "judge re-checked on the gate pairs | informational: judge chars" in card
+    assert "pairs whose chosen answer is the longer one" in card
 
 
 def test_finished_rounds_are_not_redone_and_an_unfinished_one_resumes(two_rounds, capsys):
@@ -133,3 +146,31 @@ def test_scheduled_flow_runs_the_next_round_only(two_rounds, tmp_path):
     (broken / "round-1" / "round.json").write_text(json.dumps(r1))
     with pytest.raises(Exception, match="changed since it was trained"):
         iterate_flow(recipe_path=str(tmp / "rounds.yaml"), out=str(broken))
+
+
+def test_a_stop_rule_ends_the_rounds_with_one_line(two_rounds, tmp_path, capsys):
+    """`rounds.stop_when` is checked after every round, finished ones included: with a rule that round 2
+    meets, `--rounds 3` starts no round 3 and says why."""
+    import shutil
+
+    code, tmp, out = two_rounds
+    assert code == 0
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    r2 = json.loads((out / "round-2" / "round.json").read_text())
+    recipe = (
+        rounds_recipe(tmp_path, 9, "")
+        .read_text()
+        .replace(  # port 9: a request would fail
+            "port: 8767}",
+            "port: 8767, stop_when: {length_growth_above: %s}}" % (r2["mean_len"] / r2["base_mean_len"] / 2),
+        )
+    )
+    (tmp_path / "stop.yaml").write_text(recipe)
+    capsys.readouterr()
+    assert main(["iterate", str(tmp_path / "stop.yaml"), "--out", str(copy), "--rounds", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("rounds: stopped after round 2: answers grew to")
+    assert not (copy / "round-3").exists()
+    rounds = json.loads((copy / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [1, 2] and "stop_when.length_growth_above" in rounds[-1]["stopped"]

@@ -20,6 +20,8 @@ def cmd_iterate(args: argparse.Namespace) -> int:
                        next_only=args.next, no_gate=args.no_gate)  # fmt: skip
     done = [RoundResult.model_validate(r) for r in res["rounds"]]
     print(rounds_table(done))
+    if done and done[-1].stopped:
+        print(f"rounds: stopped after round {done[-1].round}: {done[-1].stopped}")
     print(f"rounds: {len(done)} finished -> {out} (rounds.json, report/rounds.png, round-k/)")
     return 0
 
@@ -32,7 +34,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "generates on its own seeded slice of the prompts, judges, builds and trains (DPO unless the "
         "recipe says sft) into OUT/round-k/, then judges the new policy against the base and the previous "
         "policy on held-out prompts in both orders (win rate, 95%% interval). The recipe's `rounds:` "
-        "section sets the count, prompts per round, held-out prompts and the port of the trained policies.",
+        "section sets the count, prompts per round, held-out prompts, the port of the trained policies and "
+        "`stop_when` rules (win rate bound, length growth, judge accuracy) that end the rounds early; a recipe "
+        "`gate:` re-checks the judge every round.",
         epilog="example: rlaif iterate recipes/iterate-demo.yaml --rounds 2",
     )
     p.add_argument("recipe", help="recipe YAML with an optional `rounds:` section")
@@ -42,5 +46,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument(
         "--next", action="store_true", help="run at most one new round (what a nightly schedule does)"
     )
-    p.add_argument("--no-gate", action="store_true", help="run on even if round 1's judge gate fails")
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="run on even if a round's judge gate fails (every round re-checks the judge)",
+    )
     p.set_defaults(fn=cmd_iterate)

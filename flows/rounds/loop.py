@@ -15,9 +15,10 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from flows.dataset.atomic_files import atomic_write_text, check_writable
+from flows.dataset.gate_result import GateResult
 from flows.dataset.prompts import PromptRow, load_prompts
 from flows.evals.win_rate import WinRate, policy_answers, win_rate
-from flows.recipe import Recipe, RoundsSpec, TrainSpec
+from flows.recipe import Recipe, RoundsSpec, StopRules, TrainSpec
 from serving.errors import ConfigError, ModelError, RlaifError
 from serving.models import resolve_model, weights_sha256
 from serving.served import ServedModel
@@ -47,6 +48,35 @@ class RoundResult(BaseModel):
     mean_len: float = Field(description="mean answer length (characters) of `trained` on held-out prompts")
     reward_margin: float | None = Field(default=None, description="DPO eval rewards/margins after training")
     out_dir: str
+    gate: GateResult | None = Field(default=None, description="the judge re-checked on the recipe's pairs")
+    base_mean_len: float | None = Field(default=None, description="the base policy's held-out answer length")
+    completion_len: float | None = Field(default=None, description="mean length of the round's completions")
+    longer_chosen_share: float | None = Field(default=None, description="pairs whose chosen answer is longer")
+    stopped: str | None = Field(default=None, description="why the rounds ended after this one (stop_when)")
+
+    def length_growth(self) -> float | None:
+        """Held-out answer length of the trained policy over the base policy's (length creep)."""
+        return self.mean_len / self.base_mean_len if self.base_mean_len else None
+
+
+def stop_reason(rules: StopRules, r: RoundResult) -> str | None:
+    """The first `stop_when` rule that holds after round `r`, said in one line; None to go on."""
+    w = r.vs_previous
+    if rules.win_rate_ci_low_below is not None and w.ci_low < rules.win_rate_ci_low_below:
+        return (f"the win rate over the previous policy is {w.cell()}: its lower bound {w.ci_low:.2f} < "
+                f"stop_when.win_rate_ci_low_below {rules.win_rate_ci_low_below}")  # fmt: skip
+    growth = r.length_growth()
+    if rules.length_growth_above is not None and growth is not None and growth > rules.length_growth_above:
+        return (f"answers grew to {growth:.2f}x the base policy's length ({r.mean_len:.0f} vs "
+                f"{r.base_mean_len:.0f} chars) > stop_when.length_growth_above {rules.length_growth_above}")  # fmt: skip
+    acc = r.gate.figures.get("accuracy") if r.gate else None
+    if (
+        rules.judge_accuracy_below is not None
+        and isinstance(acc, (int, float))
+        and acc < rules.judge_accuracy_below
+    ):
+        return f"the judge's accuracy on the gate pairs is {acc:.2f} < stop_when.judge_accuracy_below {rules.judge_accuracy_below}"
+    return None
 
 
 def round_dir(out: Path, k: int) -> Path:
@@ -135,8 +165,30 @@ def round_recipe(recipe: Recipe, k: int, policy: Policy, prompts: Path, out: Pat
     return recipe.model_copy(update={
         "name": f"{recipe.name}-round-{k}", "policy": served(recipe, policy), "prompts": prompt_src,
         "judges": judges, "critique": crit, "train": train.model_copy(update={"model": train_model}),
-        "output": str(out), "gate": recipe.gate if k == 1 else None, "rounds": None,
+        "output": str(out), "gate": recipe.gate, "rounds": None,
     })  # fmt: skip
+
+
+def carry_gate(out: Path, k: int) -> None:
+    """Round k re-checks the judge with the recipe's gate; when round k-1 measured the same gate (judge,
+    endpoint model, pairs: its key), its figures are reused instead of asked again."""
+    prev, mine = round_dir(out, k - 1) / "gate.json", round_dir(out, k) / "gate.json"
+    if k > 1 and prev.is_file() and not mine.exists():
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(mine, prev.read_text())
+
+
+def completion_length(rdir: Path) -> float | None:
+    """Mean characters of the round's completions (all of them, read from its UltraFeedback Parquet)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = rdir / "parquet" / "ultrafeedback" / "train.parquet"
+    if not path.is_file():
+        return None
+    comps = pc.list_flatten(pq.read_table(path, columns=["completions"]).column("completions"))
+    lens = pc.utf8_length(pc.struct_field(comps, "response"))
+    return None if len(lens) == 0 else float(pc.mean(lens).as_py())
 
 
 def reload_external(rounds: RoundsSpec, policy: Policy) -> None:
@@ -202,6 +254,12 @@ def iterate(recipe: Recipe, out: Path, count: int | None = None, recipe_dir: Pat
         if res is None:
             break
         done.append(res)
+    if done and (
+        why := stop_reason(rounds.stop_when, done[-1])
+    ):  # the round that stopped, or a rule added since
+        done[-1] = done[-1].model_copy(update={"stopped": why})
+        write_report(out, done)
+        return done
     if len(done) == count:
         write_report(out, done)
         return done
@@ -216,6 +274,7 @@ def iterate(recipe: Recipe, out: Path, count: int | None = None, recipe_dir: Pat
         for k in range(len(done) + 1, count + 1):
             rdir = round_dir(out, k)
             prompts = write_prompts(rdir / "prompts.jsonl", slices[k - 1])
+            carry_gate(out, k)
             if not recipe.policy.is_local:
                 policies.serve(policy)  # its reload command (a local one: the run starts or reuses it)
             summary = run_pipeline(round_recipe(recipe, k, policy, prompts, rdir), rdir, recipe_dir,
@@ -236,13 +295,17 @@ def iterate(recipe: Recipe, out: Path, count: int | None = None, recipe_dir: Pat
                 prompts=len(slices[k - 1]), pairs=pairs.get("train_prefs", 0) + pairs.get("test_prefs", 0),
                 vs_base=vs_base, vs_previous=vs_prev,
                 mean_len=sum(map(len, answers[trained.sha256])) / max(1, len(held)),
-                reward_margin=summary.train.get("eval_rewards_margin"), out_dir=str(rdir),
+                reward_margin=summary.train.get("eval_rewards_margin"), out_dir=str(rdir), gate=summary.gate,
+                base_mean_len=sum(map(len, answers[base.sha256])) / max(1, len(held)),
+                completion_len=completion_length(rdir),
+                longer_chosen_share=summary.build.lints.longer_chosen_share if summary.build else None,
             )  # fmt: skip
+            res.stopped = stop_reason(rounds.stop_when, res)
             append_card(rdir, res)
             atomic_write_text(rdir / "round.json", res.model_dump_json(indent=2) + "\n")
             done.append(res)
             policy = trained
-            if next_only:
+            if next_only or res.stopped:
                 break
     write_report(out, done)
     return done

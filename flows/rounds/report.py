@@ -29,9 +29,27 @@ def card_section(r: RoundResult) -> str:
         f"| win rate of the trained policy vs the base, held-out prompts, both orders | {r.vs_base.cell()} "
         f"(n={r.vs_base.n}: {r.vs_base.wins} wins, {r.vs_base.losses} losses, {r.vs_base.ties} ties) |\n"
         f"| win rate vs the previous policy | {r.vs_previous.cell()} (n={r.vs_previous.n}) |\n"
-        f"| mean answer length (characters) | {r.mean_len:.0f} |\n"
+        f"| mean answer length (characters) | {r.mean_len:.0f} held-out ({growth(r)} the base policy's); "
+        f"{'-' if r.completion_len is None else f'{r.completion_len:.0f}'} over this round's completions |\n"
+        f"| pairs whose chosen answer is the longer one | {share(r.longer_chosen_share)} |\n"
         f"| DPO reward margin (eval) | {'-' if r.reward_margin is None else f'{r.reward_margin:.4f}'} |\n"
+        f"| judge re-checked on the gate pairs | {r.gate.line() if r.gate else 'no gate in the recipe'} |\n"
+        + (f"| rounds stopped here | {r.stopped} |\n" if r.stopped else "")
     )
+
+
+def growth(r: RoundResult) -> str:
+    g = r.length_growth()
+    return "-" if g is None else f"{g:.2f}x"
+
+
+def share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def gate_cell(r: RoundResult) -> str:
+    acc = r.gate.figures.get("accuracy") if r.gate else None
+    return "-" if not isinstance(acc, (int, float)) else f"{acc:.2f}"
 
 
 def append_card(rdir: Path, r: RoundResult) -> None:
@@ -53,7 +71,7 @@ def write_report(out: Path, rounds: list[RoundResult]) -> None:
     import matplotlib.pyplot as plt
 
     ks = [r.round for r in rounds]
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, ax = plt.subplots(1, 4, figsize=(15, 3.4))
     for key, label in (("vs_base", "vs base"), ("vs_previous", "vs previous round")):
         w = [getattr(r, key) for r in rounds]
         ax[0].errorbar(ks, [x.rate for x in w], yerr=[[x.rate - x.ci_low for x in w], [x.ci_high - x.rate for x in w]],
@@ -65,8 +83,23 @@ def write_report(out: Path, rounds: list[RoundResult]) -> None:
         ks, [r.reward_margin if r.reward_margin is not None else float("nan") for r in rounds], marker="o"
     )
     ax[1].set(title="DPO reward margin (eval)", xlabel="round")
-    ax[2].plot(ks, [r.mean_len for r in rounds], marker="o")
+    ax[2].plot(ks, [r.mean_len for r in rounds], marker="o", label="held-out")
+    ax[2].plot(
+        ks, [r.completion_len or float("nan") for r in rounds], marker="s", label="round's completions"
+    )
     ax[2].set(title="mean answer length (chars)", xlabel="round")
+    ax[2].legend(fontsize=8)
+    ax[3].plot(ks, [r.longer_chosen_share if r.longer_chosen_share is not None else float("nan") for r in rounds],
+               marker="o", label="longer chosen")  # fmt: skip
+    acc = [r.gate.figures.get("accuracy") if r.gate else None for r in rounds]
+    ax[3].plot(
+        ks,
+        [a if isinstance(a, (int, float)) else float("nan") for a in acc],
+        marker="s",
+        label="judge accuracy",
+    )
+    ax[3].set(title="judge: longer-chosen share, gate accuracy", xlabel="round", ylim=(0, 1))
+    ax[3].legend(fontsize=8)
     for a in ax:
         a.set_xticks(ks)
     fig.tight_layout()
@@ -77,9 +110,11 @@ def write_report(out: Path, rounds: list[RoundResult]) -> None:
 
 def rounds_table(rounds: list[RoundResult]) -> str:
     """The closing table of `rlaif iterate`: one row per round."""
-    head = f"  {'round':<6} {'policy':<28} {'pairs':>5}  {'win vs base [95% ci]':<22} {'vs previous':<22} {'mean len':>8}"
+    head = (f"  {'round':<6} {'policy':<28} {'pairs':>5}  {'win vs base [95% ci]':<22} {'vs previous':<22} "
+            f"{'mean len':>8} {'vs base':>7} {'longer chosen':>13} {'judge acc':>9}")  # fmt: skip
     lines = [head]
     for r in rounds:
         lines.append(f"  {r.round:<6} {r.policy.served_as[:28]:<28} {r.pairs:>5}  {r.vs_base.cell():<22} "
-                     f"{r.vs_previous.cell():<22} {r.mean_len:>8.0f}")  # fmt: skip
+                     f"{r.vs_previous.cell():<22} {r.mean_len:>8.0f} {growth(r):>7} {share(r.longer_chosen_share):>13} "
+                     f"{gate_cell(r):>9}")  # fmt: skip
     return "\n".join(lines)
