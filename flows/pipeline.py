@@ -19,6 +19,7 @@ from flows.dataset.card import plot_report, write_card
 from flows.dataset.decisions import decisions_file, read_decisions
 from flows.dataset.gate_result import GateResult
 from flows.dataset.prompts import iter_prompts, resolve_path
+from flows.engine.cost_estimate import EstimateTotal, estimate_recipe
 from flows.engine.dispatch import (
     RunSpec,
     all_finished,
@@ -31,7 +32,7 @@ from flows.engine.dispatch import (
     tune_gc,
 )
 from flows.engine.live_endpoints import live_endpoints
-from flows.engine.manifest import Manifest, write_manifest
+from flows.engine.manifest import Manifest, read_shard, write_manifest
 from flows.engine.plan import make_plan
 from flows.engine.summary import (
     RunSummary,
@@ -95,7 +96,8 @@ def run_pipeline(
         summary.engine["flow_run"] = "none: every shard was already finished, nothing to send"
         write_json(out / "summary.json", summary.model_dump())
     else:
-        api_url = start_prefect_api()
+        api_url = start_prefect_api()  # starts in the background while the estimate is made
+        spec.estimate = announce_estimate(recipe, out, recipe_dir, manifest, spec, gate)
         with live_endpoints(*served):
             gated = run_gate(gate, recipe, out, no_gate) if gate else None
             urls = [e.base_url for m in served for e in m.endpoint_list()]
@@ -112,6 +114,21 @@ def run_pipeline(
         summary.train = train_after_build(recipe, out)
         write_json(out / "summary.json", summary.model_dump())
     return summary
+
+
+def announce_estimate(recipe: Recipe, out: Path, recipe_dir: Path | None, manifest: Manifest, spec: RunSpec,
+                      gate: Gate | None) -> EstimateTotal | None:  # fmt: skip
+    """Print `rlaif estimate`'s one line (with the budget beside it) before anything is sent. It never
+    stops a run: when it cannot be made, one line says why and the run goes on."""
+    try:
+        est = estimate_recipe(recipe, out, recipe_dir, plan=spec.plan,
+                              prompts=(p for ref in manifest.shards for p in read_shard(ref)),
+                              once=gate.estimate_requests() if gate else None)  # fmt: skip
+    except Exception as exc:  # an estimate is advice; the run's own checks already passed
+        print(f"rlaif: estimate: not available ({type(exc).__name__}: {str(exc)[:200]})", flush=True)
+        return None
+    print(est.line(recipe.budget), flush=True)
+    return est.engine_total()
 
 
 def run_gate(gate: Gate, recipe: Recipe, out: Path, no_gate: bool) -> GateResult:

@@ -15,6 +15,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")  # busy CI machines
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest's stderr is not a terminal: without this every run would write `rlaif: progress` lines there,
+# and tests check that a failure is one line; tests/test_progress_log.py turns them on
+os.environ.setdefault("RLAIF_PROGRESS_EVERY", "0")
 
 TEST_PORT = int(os.environ.get("RLAIF_TEST_PORT", "8765"))
 

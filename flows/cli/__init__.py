@@ -1,5 +1,5 @@
-"""The `rlaif` command line: serve, generate, run, iterate, judge-eval, constitution, review, train, eval-policy,
-schedule.
+"""The `rlaif` command line: serve, generate, run, estimate, iterate, judge-eval, constitution, review, push, train,
+eval-policy, schedule.
 
 Every error a user can cause prints one line (`rlaif: error: ...`) and exits with code 2; a failed
 judge gate exits 3, a reached budget 4 (both resumable).
@@ -13,13 +13,13 @@ import signal
 import sys
 import threading
 
-from flows.cli import constitution, iterate, judge, push, review, run, schedule, serve, train
+from flows.cli import constitution, estimate, iterate, judge, push, review, run, schedule, serve, train
 from serving.errors import RlaifError
 
 __all__ = ["build_parser", "entry", "main"]
 
 # One module per command group, in the order `rlaif --help` lists their commands.
-COMMAND_GROUPS = (serve, run, iterate, judge, constitution, review, push, train, schedule)
+COMMAND_GROUPS = (serve, run, estimate, iterate, judge, constitution, review, push, train, schedule)
 
 
 def _quiet_env() -> None:

@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 from flows.dataset.atomic_files import read_json
 from flows.engine import progress
 from flows.engine.budget import BudgetReached, spend_for
+from flows.engine.cost_estimate import EstimateTotal
 from flows.engine.manifest import Manifest, ShardRef
-from flows.engine.plan import expected_requests
+from flows.engine.plan import expected_by_stage
 from flows.engine.shard import ShardPlan, ShardResult, finished, run_shard
 from serving.errors import DataError, RlaifError
 
@@ -39,6 +40,7 @@ class RunSpec(BaseModel):
     dask_address: str | None = None
     dask_workers: int = 2
     shards_in_flight: int = 2
+    estimate: EstimateTotal | None = None  # `rlaif estimate`'s figures, for the progress lines
 
 
 class EngineResult(BaseModel):
@@ -167,23 +169,30 @@ def run_shards(spec: RunSpec) -> EngineResult:
     """Submit every shard; return their results in shard order (inside a flow)."""
     man = load_manifest(spec.manifest_path, spec.manifest_sha256)
     plan = spec.plan
-    spend_for(plan.out_dir, reset=True)  # a budget counts this run's requests only
+    spend = spend_for(plan.out_dir, reset=True)  # a budget counts this run's requests only
     fp = plan.fingerprint()
     storage = Path(plan.out_dir) / ".prefect"  # task results and cache records beside the data
     t = shard_task.with_options(result_storage=storage, persist_result=True)
     res = EngineResult(started_at=time.time(), skipped=dict(man.skipped), prompts=man.prompts)
     t0 = time.monotonic()
-    totals = {"prompts": man.prompts, "requests": expected_requests(plan, man.prompts)}
+    stages = expected_by_stage(plan, man.prompts)
+    totals = {"prompts": man.prompts, "requests": sum(stages.values())}
     in_process = spec.task_runner != "dask"
     by_index: dict[int, ShardResult] = {}
-    with progress.bars(totals, "run"):
+    with progress.bars(totals, "run"), progress.log_lines(
+        stages, lambda: (spend.tokens, spend.usd), budget=plan.budget, priced=bool(plan.prices),
+        estimate_tokens=spec.estimate.tokens if spec.estimate else None,
+    ) as log:  # fmt: skip
         todo = []
         for ref in man.shards:  # a finished shard is read back here: no task run, no API calls
             if (done := finished(ref, plan)) is not None:
                 progress.advance("prompts", ref.prompts)
+                _answered_elsewhere(done, plan, sent=False)
                 by_index[ref.index] = done
             else:
                 todo.append(ref)
+        if log is not None:
+            log.baseline()
         futures = [t.submit(ref=ref, fingerprint=f"{ref.sha256}:{fp}", plan=plan) for ref in todo]
         res.task_runs = len(futures)
         for fut in as_completed(futures):
@@ -196,6 +205,7 @@ def run_shards(spec: RunSpec) -> EngineResult:
                 r = r.model_copy(update={"cached": True})
             if r.cached or not in_process:  # in-process shards advance the bar prompt by prompt
                 progress.advance("prompts", man.shards[r.index].prompts)
+                _answered_elsewhere(r, plan, sent=not r.cached)
             by_index[r.index] = r
     res.shards = [by_index[i] for i in sorted(by_index)]
     for r in res.shards:
@@ -203,6 +213,21 @@ def run_shards(spec: RunSpec) -> EngineResult:
             res.skipped[k] = res.skipped.get(k, 0) + v
     res.wall_s = time.monotonic() - t0
     return res
+
+
+def _answered_elsewhere(r: ShardResult, plan: ShardPlan, sent: bool) -> None:
+    """The progress counts of a shard whose requests this process did not see answered one by one (a
+    finished shard read back, a Dask worker's shard); `sent`: its new tokens were sent by this run."""
+    for stage, st in r.stages.items():
+        progress.answered(stage, st.sent + st.replayed)
+        if sent:
+            price = plan.prices.get(stage)
+            usd = (
+                price.cost(st.new_prompt_tokens, st.new_cached_prompt_tokens, st.new_completion_tokens)
+                if price
+                else 0.0
+            )
+            progress.spent(st.new_prompt_tokens + st.new_completion_tokens, usd)
 
 
 def tune_gc() -> None:

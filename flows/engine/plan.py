@@ -42,7 +42,11 @@ def make_plan(
     return plan
 
 
-def expected_requests(plan: ShardPlan, prompts: int) -> int:
-    """Requests a run of `prompts` prompts will make (the progress bar's total)."""
+def expected_by_stage(plan: ShardPlan, prompts: int) -> dict[str, int]:
+    """Requests per stage ("generate", each judge's stage) a run of `prompts` prompts will make (the
+    progress totals; their sum is the requests bar's)."""
     n = plan.sampling.n
-    return (n + sum(j.requests_per_prompt(n) for j in plan.built())) * prompts
+    out = {"generate": n * prompts}
+    for judge in plan.built():
+        out[judge.stage] = out.get(judge.stage, 0) + judge.requests_per_prompt(n) * prompts
+    return out

@@ -8,6 +8,7 @@ the shard's rows are written (atomically) only when all its prompts are done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -173,7 +174,7 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
             stage,
             plan.model_key(model),
             stats[stage],
-            lambda: progress.advance("requests"),
+            functools.partial(progress.answered, stage),
             Meter(
                 spend,
                 plan.budget,

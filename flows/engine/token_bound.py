@@ -37,21 +37,31 @@ def _tokenizer(model_dir: str) -> Any:
         return AutoTokenizer.from_pretrained(model_dir)
 
 
-def _token_count(tok: Any, messages: Messages) -> int:
+def chat_tokens(tok: Any, messages: Messages) -> int:
+    """A prompt's tokens as the model's server counts them: its chat template with the generation prompt."""
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
-    return len(ids) + TOKENIZER_MARGIN
+    return len(ids)
+
+
+def local_tokenizer(model_dir: str | None) -> Any | None:
+    """The tokenizer of a local model folder that has a chat template (loaded once), else None. Never
+    downloads: a name that is not a local folder gives None."""
+    if not model_dir or not Path(model_dir).is_dir():
+        return None
+    try:
+        tok = _tokenizer(model_dir)
+        chat_tokens(tok, [{"role": "user", "content": "x"}])
+    except Exception:  # no tokenizer or no template in the folder
+        return None
+    return tok
 
 
 def prompt_bound(model_dir: str | None) -> Callable[[Messages], int]:
     """The bound for one model: its tokenizer when `model_dir` is a local model folder with a chat
     template, else `byte_bound`."""
-    if model_dir and Path(model_dir).is_dir():
-        try:
-            tok = _tokenizer(model_dir)
-            _token_count(tok, [{"role": "user", "content": "x"}])
-        except Exception:  # no tokenizer or no template in the folder: the stated bound
-            return byte_bound
-        return lambda messages: _token_count(tok, messages)
-    return byte_bound
+    tok = local_tokenizer(model_dir)
+    if tok is None:  # the stated bound
+        return byte_bound
+    return lambda messages: chat_tokens(tok, messages) + TOKENIZER_MARGIN

@@ -10,6 +10,7 @@ from typing import ClassVar
 from flows.dataset.atomic_files import read_json, write_json
 from flows.dataset.gate_result import GateResult
 from flows.dataset.prompts import resolve_path
+from flows.engine.cost_estimate import OnceRequests
 from flows.recipe import Recipe
 from serving.errors import RlaifError
 
@@ -51,6 +52,18 @@ class Gate:
             if old.key == self.key:
                 return old
         return None
+
+    def estimate_requests(self) -> list[OnceRequests]:
+        """The gate's requests for `rlaif estimate`: none when gate.json holds this gate's figures."""
+        if self.cached() is not None:
+            return []
+        return [OnceRequests(stage="gate", served=self.served, render=self._rehearse)]
+
+    async def _rehearse(self, client: object) -> None:
+        """Judge the pairs through `client` (the estimate's, which sends nothing), as `run` does."""
+        from flows.evals.judge_eval import evaluate
+
+        await evaluate(self.judge.bind(client), self.pairs)
 
     def run(self) -> GateResult:
         """Evaluate the judge on its live endpoint (call inside `live_endpoints`)."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from flows.dataset.atomic_files import atomic_write_text, check_writable
 from flows.dataset.gate_result import GateResult
 from flows.dataset.prompts import PromptRow, load_prompts
+from flows.dataset.schema import UF_DIR
 from flows.evals.win_rate import WinRate, policy_answers, win_rate
 from flows.recipe import Recipe, RoundsSpec, StopRules, TrainSpec
 from serving.errors import ConfigError, ModelError, RlaifError
@@ -183,7 +184,7 @@ def completion_length(rdir: Path) -> float | None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    path = rdir / "parquet" / "ultrafeedback" / "train.parquet"
+    path = rdir / "parquet" / UF_DIR / "train.parquet"
     if not path.is_file():
         return None
     comps = pc.list_flatten(pq.read_table(path, columns=["completions"]).column("completions"))
