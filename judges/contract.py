@@ -247,11 +247,18 @@ class Judge(ABC):
     # -- what the engine calls -------------------------------------------------------------------
     @abstractmethod
     async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
-        """Judge all completions of one prompt (requests in flight together)."""
+        """Judge all completions of one prompt (requests in flight together). A judge that
+        `follows_ranking` is called with `pairs=`: the (chosen, rejected) positions binarization will emit."""
 
     @abstractmethod
     def requests_per_prompt(self, n: int) -> int:
-        """Requests `judge` sends for a prompt with n completions (the progress total)."""
+        """Requests `judge` sends for a prompt with n completions (the progress total). A judge that
+        `follows_ranking` also takes `pairs=`: how many pairs it will be given."""
+
+    def follows_ranking(self, ranking_key: str | None) -> bool:
+        """True when this judge runs after the ranking judge (`ranking_key`) of the same prompt and judges
+        only the pairs binarization will emit from its scores, instead of every pair."""
+        return False
 
     def columns(self) -> list[str]:
         """Columns of the prompt set this judge reads from `Prompt.columns` (a missing one is refused)."""

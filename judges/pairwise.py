@@ -97,10 +97,17 @@ class PairwiseConfig(JudgeConfig):
     max_tokens: int = Field(default=128, ge=16)
     structured: bool = Field(default=True, description="force the JSON verdict with response_format")
     logprobs: bool = Field(default=True, description="soft preference from the verdict's logprobs")
+    compare: Literal["auto", "emitted", "all"] = Field(
+        default="auto",
+        description="which pairs of a prompt's completions: `emitted` only the pairs binarization will make "
+        "from the ranking judge's scores (both orders), `all` every pair; `auto`: emitted when another judge "
+        "ranks, all when this one does",
+    )
 
 
 class PairwiseJudge(Judge):
-    """Compares every two completions of a prompt, each pair in both orders."""
+    """Compares two completions of a prompt in both orders: every two, or (another judge ranking) only the
+    pairs binarization will emit."""
 
     type = "pairwise"
     config_class = PairwiseConfig
@@ -112,8 +119,13 @@ class PairwiseJudge(Judge):
         super().__init__(config or PairwiseConfig(), client, allow_truncated_chosen)
         self.cfg: PairwiseConfig = self.config  # type: ignore[assignment]
 
-    def requests_per_prompt(self, n: int) -> int:
-        return n * (n - 1)
+    def requests_per_prompt(self, n: int, pairs: int | None = None) -> int:
+        return 2 * (n * (n - 1) // 2 if pairs is None else pairs)
+
+    def follows_ranking(self, ranking_key: str | None) -> bool:
+        if self.cfg.compare == "auto":
+            return ranking_key is not None and ranking_key != self.config.key
+        return self.cfg.compare == "emitted"
 
     def messages(self, prompt: str, a: str, b: str) -> list[dict[str, str]]:
         text = render(self.templates[0], prompt=clip(prompt), response_a=clip(a), response_b=clip(b))
@@ -142,10 +154,14 @@ class PairwiseJudge(Judge):
         )
         return combine(forward, backward)
 
-    async def judge(self, prompt: Prompt, completions: list[Completion]) -> Judgement:
-        """Every pair in both orders; a completion's score is its share of wins (ties count half)."""
+    async def judge(
+        self, prompt: Prompt, completions: list[Completion], pairs: list[tuple[int, int]] | None = None
+    ) -> Judgement:
+        """`pairs` (every pair when None) in both orders; a completion's score is its share of wins (ties
+        count half), None for one that played no pair."""
         responses = [c.response for c in completions]
-        pairs = list(itertools.combinations(range(len(responses)), 2))
+        if pairs is None:
+            pairs = list(itertools.combinations(range(len(responses)), 2))
         verdicts = await asyncio.gather(
             *(self.compare(prompt.prompt, responses[i], responses[j]) for i, j in pairs)
         )

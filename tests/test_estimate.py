@@ -62,9 +62,10 @@ def test_estimate_sends_nothing_counts_every_request_and_lands_within_25_percent
         before = json.loads(capsys.readouterr().out)  # --json -: only the JSON on stdout
         assert not out.exists()  # and wrote nothing into the run folder
         rows = {s["stage"]: s for s in before["stages"]}
-        # n = 3 per prompt: ultrafeedback 4 aspects; pairwise 3 pairs x 2 orders; critique 3 x
-        # (critique + revision) + 1 labelled pair x 2 orders; the gate: 2 pairs x 2 orders, once
-        per_prompt = {"generate": 3, "judge:ultrafeedback": 4, "judge:pairwise": 6, "critique": 8}
+        # n = 3 per prompt: ultrafeedback 4 aspects; pairwise (UltraFeedback ranks) the one pair binarization
+        # emits x 2 orders; critique 3 x (critique + revision) + 1 labelled pair x 2 orders; the gate: 2
+        # pairs x 2 orders, once
+        per_prompt = {"generate": 3, "judge:ultrafeedback": 4, "judge:pairwise": 2, "critique": 8}
         assert {s: r["requests"] for s, r in rows.items()} == {
             **{s: k * len(PROMPTS) for s, k in per_prompt.items()},
             "gate": 4,
@@ -78,7 +79,7 @@ def test_estimate_sends_nothing_counts_every_request_and_lands_within_25_percent
 
         assert main(["run", str(recipe), "--out", str(out)]) == 0
         printed = capsys.readouterr().out
-        assert "rlaif: estimate: 6 prompts -> 130 requests" in printed and "no budget" in printed
+        assert "rlaif: estimate: 6 prompts -> 106 requests" in printed and "no budget" in printed
         sent = stub.received
         assert estimate(str(recipe), "--out", str(out), "--json", str(tmp_path / "after.json")) == 0
         assert stub.received == sent  # again nothing

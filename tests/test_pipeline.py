@@ -30,6 +30,7 @@ judges:
   - type: ultrafeedback
   - type: pairwise
     max_tokens: 48
+    compare: all  # every pair (the exact request count below); tests/test_judge_spend.py checks `auto`
 binarize:
   keep_ties: true
   test_fraction: 0.34

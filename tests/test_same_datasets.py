@@ -64,7 +64,7 @@ sampling: {{n: 4, seed: 11, temperature: 0.9, max_tokens: 24}}
 shard_size: 4
 judges:
   - {{type: ultrafeedback, aspects: [helpfulness, honesty], max_tokens: 96, judge: {ep("stub-uf-judge")}}}
-  - {{type: pairwise, logprobs: true, structured: true, judge: {ep("stub-pairwise-judge")}}}
+  - {{type: pairwise, logprobs: true, structured: true, compare: all, judge: {ep("stub-pairwise-judge")}}}
 critique:
   constitution: {CONSTITUTION}
   mode: both

@@ -138,6 +138,33 @@ def candidate_pairs(
     return [], drops
 
 
+def pick_pairs(
+    prompt_id: str,
+    scores: list[float | None],
+    cut: list[bool],
+    spec: BinarizeSpec,
+    allow_truncated_chosen: bool,
+) -> tuple[list[tuple[int, int]], dict[str, int]]:
+    """The rule's (chosen, rejected) positions for one prompt and its other candidates' drops, seeded by
+    the prompt: the same pick at build time and when a judge asks beforehand (`emitted_pairs`)."""
+    seed = int(hashlib.sha256(f"{spec.seed}|{prompt_id}".encode()).hexdigest()[:12], 16)
+    ok = None if allow_truncated_chosen or not any(cut) else [not t for t in cut]
+    return candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties, ok)
+
+
+def emitted_pairs(
+    prompt_id: str,
+    scores: list[float | None],
+    cut: list[bool],
+    spec: BinarizeSpec,
+    allow_truncated_chosen: bool,
+) -> list[tuple[int, int]]:
+    """The pairs binarization will make from these scores (before lints and other judges' verdicts): what
+    a judge that `follows_ranking` compares."""
+    pairs, _ = pick_pairs(prompt_id, scores, cut, spec, allow_truncated_chosen)
+    return [(c, r) for c, r in pairs if float(scores[c]) - float(scores[r]) >= spec.min_margin]  # type: ignore[arg-type]
+
+
 def truncated(completion: dict[str, Any]) -> bool:
     """Cut at max_tokens (finish_reason "length")."""
     return completion.get("finish_reason") == "length"
@@ -185,15 +212,13 @@ def binarize_prompt(
     if sum(s is not None for s in scores) < 2:
         stats.unscored += 1
         return []
-    seed = int(hashlib.sha256(f"{spec.seed}|{row['prompt_id']}".encode()).hexdigest()[:12], 16)
     cut = [truncated(c) for c in comps]
-    ok = None if allow_truncated_chosen or not any(cut) else [not t for t in cut]
-    pairs, drops = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties, ok)
+    pairs, drops = pick_pairs(row["prompt_id"], scores, cut, spec, allow_truncated_chosen)
     stats.candidates += len(pairs) + sum(drops.values())
     stats.ties_dropped += drops.get("tie", 0)
     stats.truncated_chosen_dropped += drops.get("truncated", 0)
-    if ok is not None:  # pairs that differ from the pick that ignores truncation were re-picked
-        unaware, _ = candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties)
+    if not allow_truncated_chosen and any(cut):  # pairs that differ from the pick ignoring truncation
+        unaware, _ = pick_pairs(row["prompt_id"], scores, cut, spec, True)
         stats.truncated_chosen_repicked += len(set(pairs) - set(unaware))
     out = []
     for c, r in pairs:

@@ -357,7 +357,9 @@ async def _render(plan: ShardPlan, prompts: list[Prompt], counters: dict[str, To
     judges = [judge.bind(client(judge.stage)) for judge in plan.built() if judge.uses_endpoint]
     for p in prompts:
         completions, _ = await generate(gen, p, plan.policy_model, plan.sampling)
-        await asyncio.gather(*(j.judge(p, completions) for j in judges))
+        pairs = plan.expected_pairs(len(completions))  # a judge that follows the ranking: its most pairs
+        await asyncio.gather(*(j.judge(p, completions, pairs=pairs) if plan.follows(j) else j.judge(p, completions)
+                               for j in judges))  # fmt: skip
     for o in once:
         await o.render(client(o.stage))
     return seen

@@ -187,7 +187,7 @@ def run_shards(spec: RunSpec) -> EngineResult:
         for ref in man.shards:  # a finished shard is read back here: no task run, no API calls
             if (done := finished(ref, plan)) is not None:
                 progress.advance("prompts", ref.prompts)
-                _answered_elsewhere(done, plan, sent=False)
+                _answered_elsewhere(done, plan, sent=False, prompts=ref.prompts)
                 by_index[ref.index] = done
             else:
                 todo.append(ref)
@@ -205,7 +205,7 @@ def run_shards(spec: RunSpec) -> EngineResult:
                 r = r.model_copy(update={"cached": True})
             if r.cached or not in_process:  # in-process shards advance the bar prompt by prompt
                 progress.advance("prompts", man.shards[r.index].prompts)
-                _answered_elsewhere(r, plan, sent=not r.cached)
+                _answered_elsewhere(r, plan, sent=not r.cached, prompts=man.shards[r.index].prompts)
             by_index[r.index] = r
     res.shards = [by_index[i] for i in sorted(by_index)]
     for r in res.shards:
@@ -215,11 +215,14 @@ def run_shards(spec: RunSpec) -> EngineResult:
     return res
 
 
-def _answered_elsewhere(r: ShardResult, plan: ShardPlan, sent: bool) -> None:
+def _answered_elsewhere(r: ShardResult, plan: ShardPlan, sent: bool, prompts: int) -> None:
     """The progress counts of a shard whose requests this process did not see answered one by one (a
-    finished shard read back, a Dask worker's shard); `sent`: its new tokens were sent by this run."""
+    finished shard read back, a Dask worker's shard); `sent`: its new tokens were sent by this run. What
+    the totals counted for its `prompts` and it did not need (fewer pairs to compare) leaves the totals."""
+    expected = expected_by_stage(plan, prompts)
     for stage, st in r.stages.items():
         progress.answered(stage, st.sent + st.replayed)
+        progress.not_needed(stage, expected.get(stage, 0) - st.sent - st.replayed)
         if sent:
             price = plan.prices.get(stage)
             usd = (

@@ -37,6 +37,7 @@ def make_plan(
         sampling=recipe.sampling, judges=runs, client=recipe.client, concurrency_share=concurrency_share,
         prompts_in_flight=recipe.prompts_in_flight, model_ids=model_ids, model_dirs=model_dirs, prices=prices,
         budget=recipe.budget, allow_truncated_chosen=recipe.lints.allow_truncated_chosen, score=recipe.binarize.score,
+        binarize=recipe.binarize,
     )  # fmt: skip
     plan._built = judges  # the shard tasks of this process use these; a worker process builds its own
     return plan
@@ -48,5 +49,7 @@ def expected_by_stage(plan: ShardPlan, prompts: int) -> dict[str, int]:
     n = plan.sampling.n
     out = {"generate": n * prompts}
     for judge in plan.built():
-        out[judge.stage] = out.get(judge.stage, 0) + judge.requests_per_prompt(n) * prompts
+        per = judge.requests_per_prompt(n, pairs=len(plan.expected_pairs(n))) if plan.follows(judge) else (
+            judge.requests_per_prompt(n))  # fmt: skip
+        out[judge.stage] = out.get(judge.stage, 0) + per * prompts
     return out

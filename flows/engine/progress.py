@@ -58,6 +58,21 @@ def answered(stage: str, k: int = 1) -> None:
         log.count(stage, k)
 
 
+def not_needed(stage: str, k: int) -> None:
+    """`k` requests of `stage` counted in the totals will not be made (a judge that follows the ranking
+    was given fewer pairs than its upper figure): the totals shrink, so done reaches total."""
+    if k <= 0:
+        return
+    with _LOCK:
+        bar = _BARS.get("requests")
+    if bar is not None and bar.total is not None:
+        bar.total = max(bar.n, bar.total - k)
+        bar.refresh()
+    log = _LOG
+    if log is not None:
+        log.shrink(stage, k)
+
+
 def spent(tokens: int, usd: float) -> None:
     """Tokens and USD sent by shards the log cannot see answer by answer (Dask worker processes)."""
     log = _LOG
@@ -104,6 +119,15 @@ class ProgressLog:
             finished = self.done[stage] == self.totals[stage]
         if finished:
             self._wake.set()  # a line at the end of each stage
+
+    def shrink(self, stage: str, k: int) -> None:
+        with self.lock:
+            if stage not in self.totals:
+                return
+            self.totals[stage] = max(self.done[stage], self.totals[stage] - k)
+            finished = self.done[stage] == self.totals[stage]
+        if finished:
+            self._wake.set()
 
     def add_spent(self, tokens: int, usd: float) -> None:
         with self.lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, PrivateAttr
 
 from flows.dataset.atomic_files import read_json, write_json
+from flows.dataset.binarize import emitted_pairs
 from flows.dataset.rows import PromptResult, extra_pairs, prompt_row
 from flows.dataset.schema import binarized_features, uf_features
 from flows.engine import progress
@@ -29,8 +31,8 @@ from flows.engine.manifest import ShardRef, read_shard
 from flows.engine.recorded import Meter, RecordingClient, StageStats
 from flows.engine.stages import generate
 from flows.engine.token_bound import byte_bound, prompt_bound
-from flows.recipe import BudgetSpec, Sampling
-from judges.contract import Judge
+from flows.recipe import BinarizeSpec, BudgetSpec, Sampling
+from judges.contract import Completion, Judge, Judgement, Prompt
 from judges.registry import AnyJudgeConfig, judge_class, make_judge, ranking_key
 from serving.endpoint import ClientConfig, Endpoint
 from serving.price import Price
@@ -67,6 +69,7 @@ class ShardPlan(BaseModel):
     budget: BudgetSpec | None = None  # not in `fingerprint`: it limits a run, it does not shape data
     allow_truncated_chosen: bool = False  # `lints.allow_truncated_chosen`: judges' own pairs obey it here
     score: str | None = None  # `binarize.score`: the judge named to rank
+    binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)  # what a judge that follows the ranking asks
     _built: list[Judge] | None = PrivateAttr(default=None)
 
     def built(self) -> list[Judge]:
@@ -88,6 +91,9 @@ class ShardPlan(BaseModel):
             "judges": [[j.spec.key, [e.model for e in j.endpoints], j.template_sha] for j in self.judges],
             "models": self.model_ids, "allow_cut": self.allow_truncated_chosen, "format": 5,
         }  # fmt: skip
+        if any(self.follows(j) for j in self.built()):  # their requests depend on the ranking and the rule
+            b = self.binarize
+            data["follow"] = [self.score_key(), b.rule, b.seed, b.keep_ties, b.min_margin]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def window(self) -> int:
@@ -105,6 +111,17 @@ class ShardPlan(BaseModel):
         chains = {j.stage: judge.longest_chain() for j, judge in zip(self.judges, self.built())}
         chains["generate"] = self.sampling.max_tokens + max(chains.values(), default=0)
         return chains
+
+    def follows(self, judge: Judge) -> bool:
+        """The judge runs after the ranking judge and compares only the pairs binarization will emit."""
+        return judge.follows_ranking(self.score_key())
+
+    def expected_pairs(self, n: int) -> list[tuple[int, int]]:
+        """The most pairs a following judge is given for a prompt of n completions (progress totals, the
+        estimate): every pair under `all-pairs`, else one."""
+        if self.binarize.rule == "all-pairs":
+            return list(itertools.combinations(range(n), 2))
+        return [(0, 1)] if n >= 2 else []
 
     def primary_judge(self) -> str | None:
         """The judge whose per-aspect annotations fill the UltraFeedback columns (the first that has any)."""
@@ -188,7 +205,6 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
     gen = rec("generate", plan.policy_model)
     judges = [judge.bind(rec(j.stage, j.endpoints[0].model if j.endpoints else ""))
               for j, judge in zip(plan.judges, plan.built())]  # fmt: skip
-    keys = [j.spec.key for j in plan.judges]
     window = asyncio.Semaphore(plan.window())
     results: list[PromptResult | str | None] = [None] * len(prompts)
 
@@ -196,8 +212,8 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
         async with window:
             comps, reason = await generate(gen, p, plan.policy_model, plan.sampling)
             if reason is None:
-                done = await asyncio.gather(*(j.judge(p, comps) for j in judges))
-                results[k] = PromptResult(prompt=p, completions=comps, judged=dict(zip(keys, done)))
+                judged = await judge_prompt(plan, judges, p, comps)
+                results[k] = PromptResult(prompt=p, completions=comps, judged=judged)
             else:
                 results[k] = reason
         progress.advance("prompts")
@@ -209,6 +225,32 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from None  # one error that names the endpoint, not a group traceback
     return results
+
+
+async def judge_prompt(plan: ShardPlan, judges: list[Judge], p: Prompt, comps: list[Completion]
+                       ) -> dict[str, Judgement]:  # fmt: skip
+    """Every judge of one prompt (`judges`: bound, in plan order). A judge that follows the ranking waits
+    for the ranking judge and is given the pairs binarization will emit from its scores (same seed, rule
+    and truncation rule as the build): none when fewer than two completions were scored."""
+    keys = [j.spec.key for j in plan.judges]
+    later = [plan.follows(j) for j in judges]
+    first = await asyncio.gather(*(j.judge(p, comps) for j, f in zip(judges, later) if not f))
+    judged = dict(zip((k for k, f in zip(keys, later) if not f), first))
+    if any(later):
+        ranked = judged.get(plan.score_key() or "")
+        scores = ranked.scores if ranked is not None else [None] * len(comps)
+        pairs = emitted_pairs(p.prompt_id, scores, [c.cut for c in comps], plan.binarize,
+                              plan.allow_truncated_chosen)  # fmt: skip
+        most = len(plan.expected_pairs(len(comps)))
+        for j, f in zip(judges, later):  # the progress totals counted the most pairs
+            if f:
+                n = len(comps)
+                progress.not_needed(
+                    j.stage, j.requests_per_prompt(n, pairs=most) - j.requests_per_prompt(n, pairs=len(pairs))
+                )
+        rest = await asyncio.gather(*(j.judge(p, comps, pairs=pairs) for j, f in zip(judges, later) if f))
+        judged.update(zip((k for k, f in zip(keys, later) if f), rest))
+    return {k: judged[k] for k in keys}
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
