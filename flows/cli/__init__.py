@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.modules["serving.shared"].clear_interrupt()
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_prefect_console()
+    if getattr(args, "uses_prefect", True):  # `review` and `push` never start a flow: no Prefect import
+        _quiet_prefect_console()
     try:
         return int(args.fn(args) or 0)
     except RlaifError as exc:

@@ -64,4 +64,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--revision", default="main", help="an existing branch to commit to (default main)")
     p.add_argument("--dry-run", action="store_true",
                    help="make no request and need no token: list the files (repo path, size) and the card header")  # fmt: skip
-    p.set_defaults(fn=cmd_push)
+    p.set_defaults(fn=cmd_push, uses_prefect=False)

@@ -60,4 +60,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         metavar="FILE",
         help="write the decided pairs as judge-eval pairs (prompt, chosen, rejected, tie, category) and exit",
     )
-    p.set_defaults(fn=cmd_review)
+    p.set_defaults(fn=cmd_review, uses_prefect=False)

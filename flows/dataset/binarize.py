@@ -36,9 +36,6 @@ class PairRow(BaseModel):
     flags: list[str] = []  # what a reviewer should look at first: FLAGS
 
 
-FLAGS = ("judges disagree", "truncated", "duplicate prompt")
-
-
 def pair_id(prompt_id: str, origin: str, principle_id: str | None, chosen: str, rejected: str) -> str:
     """The id a review decision names: the prompt, the origin, the principle and both answers as the
     judges ordered them (a re-build that makes the same pair gives the same id; a decision never changes it)."""

@@ -20,6 +20,7 @@ from serving.errors import DataError
 DECISIONS = Path("review") / "decisions.jsonl"
 Verdict = Literal["accept", "flip", "tie", "drop"]
 HUMAN = "human"  # the `origin` of a pair a person decided
+FLAGS = ("judges disagree", "truncated", "duplicate prompt")  # a binarized row's `flags`: look here first
 
 
 class PairSnapshot(BaseModel):

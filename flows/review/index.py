@@ -14,8 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from flows.dataset.binarize import FLAGS
-from flows.dataset.decisions import Decision, read_decisions
+from flows.dataset.decisions import FLAGS, Decision, read_decisions
 from flows.dataset.schema import UF_DIR
 from flows.dataset.write import DATA_FILE
 from serving.errors import DataError
@@ -47,8 +46,9 @@ def _mapped(folder: Path) -> pa.Table:
     return pa.ipc.open_stream(pa.memory_map(str(folder / DATA_FILE))).read_all()
 
 
-def open_run(run: Path) -> tuple[pa.Table, pa.Table]:
-    """(pairs of both preference splits with a `split` column, UltraFeedback rows); one-line errors."""
+def open_run(run: Path) -> tuple[pa.Table, np.ndarray, pa.Table]:
+    """(pairs of both preference splits, each row's split as an index into PREFS, UltraFeedback rows);
+    one-line errors."""
     run = Path(run)
     if not run.is_dir():
         raise DataError(f"{run}: no such folder (give the folder `rlaif run` wrote: the recipe's `output`)")
@@ -60,11 +60,9 @@ def open_run(run: Path) -> tuple[pa.Table, pa.Table]:
     if missing:
         raise DataError(f"{run}/binarized: no preference pairs ({', '.join(missing)} missing): the run's build "
                         "did not finish; re-run `rlaif run RECIPE` (finished requests are not sent again)")  # fmt: skip
-    parts = []
-    for s in PREFS:
-        t = _mapped(run / "binarized" / s)
-        parts.append(t.append_column("split", pa.array([s] * t.num_rows, pa.string())))
+    parts = [_mapped(run / "binarized" / s) for s in PREFS]  # no column added: that would import pandas
     pairs = pa.concat_tables(parts)
+    split = np.repeat(np.arange(len(PREFS)), [t.num_rows for t in parts])
     if "pair_id" not in pairs.column_names:
         raise DataError(f"{run}/binarized: built by an older rlaif (no pair_id column); re-run `rlaif run RECIPE` "
                         "to rebuild it (0 model requests)")  # fmt: skip
@@ -73,7 +71,7 @@ def open_run(run: Path) -> tuple[pa.Table, pa.Table]:
         raise DataError(
             f"{run}/{UF_DIR}: missing; re-run `rlaif run RECIPE` to rebuild it (0 model requests)"
         )
-    return pairs, uf
+    return pairs, split, uf
 
 
 def _content_lengths(col: pa.ChunkedArray, n: int) -> np.ndarray:
@@ -119,7 +117,8 @@ class RunIndex:
 
     def __init__(self, run: Path) -> None:
         self.run = Path(run)
-        self.pairs, self.uf = open_run(self.run)
+        self.pairs, self.split, self.uf = open_run(self.run)
+        self.splits: list[str | None] = list(PREFS)
         t, n = self.pairs, self.pairs.num_rows
         self.n = n
         self.ids = t.column("pair_id").combine_chunks()
@@ -130,7 +129,6 @@ class RunIndex:
         self.origin, self.origins = _codes(t.column("origin"))
         self.judge, self.judges = _codes(t.column("judge"))
         self.principle, self.principles = _codes(t.column("principle_id"))
-        self.split, self.splits = _codes(t.column("split"))
         self.bits = _flag_bits(t.column("flags"), n)
         reviewed = pc.list_flatten(t.column("flags"))
         self.was_flipped = np.zeros(n, dtype=bool)  # the build applied a flip: show the judges' order
@@ -226,8 +224,10 @@ class RunIndex:
         """The page's rows, in the judges' order (a pair the build flipped for a reviewer is shown unflipped)."""
         if not len(ks):
             return []
-        recs = self.pairs.take(pa.array(ks, pa.int64())).to_pylist()
-        return [self._judges_order(r, int(k)) for r, k in zip(recs, ks)]
+        recs = [
+            self.pairs.slice(int(k), 1).to_pylist()[0] for k in ks
+        ]  # zero-copy slices: only these rows are read
+        return [self._judges_order({**r, "split": PREFS[self.split[k]]}, int(k)) for r, k in zip(recs, ks)]
 
     def _judges_order(self, r: dict[str, Any], k: int) -> dict[str, Any]:
         if self.was_flipped[k]:

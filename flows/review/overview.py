@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from flows.dataset.binarize import FLAGS
+from flows.dataset.decisions import FLAGS
 from flows.evals.interval import wilson
 from flows.review.index import LOW_CERTAINTY, LOW_MARGIN, RunIndex
 
