@@ -13,7 +13,9 @@ figure printed is a token count or a ratio of two counts from this one run:
   generation, judge tokens per judge-labelled pair.
 
 Run: `.venv/bin/python bench/judge_cost.py [--prompts 16 --n 4 --port 8791]` (9 min on the 2-core
-CPU under a 1-minute load of ~15; the server's start is 2 of them).
+CPU under a 1-minute load of ~15; the server's start is 2 of them). `--compare all,auto`: the pairwise
+judge comparing every pair, then only the pairs binarization emits, each on a fresh server, and the
+ratio of judge tokens per labelled pair.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from common import MT_BENCH, ROOT, LoadSampler, fresh_server, loadavg
 
 
-def recipe_text(port: int, prompts: int, n: int) -> str:
+def recipe_text(port: int, prompts: int, n: int, compare: str = "auto") -> str:
     source = f"{{path: {MT_BENCH}, column: turns" if MT_BENCH.exists() else "{path: default"
     return f"""name: judge-cost
 prompts: {source}, limit: {prompts}}}
@@ -38,7 +40,7 @@ policy: {{port: {port}, max_concurrency: 32}}
 sampling: {{n: {n}, max_tokens: 96, temperature: 0.8, top_p: 1.0, seed: 0}}
 judges:
   - {{type: ultrafeedback, max_tokens: 512}}
-  - {{type: pairwise, max_tokens: 64}}
+  - {{type: pairwise, max_tokens: 64, compare: {compare}}}
 critique: {{constitution: {ROOT / "constitutions" / "harmless.yaml"}, mode: critique, max_tokens: 96}}
 """
 
@@ -62,11 +64,24 @@ def main() -> None:
         default=8791,
         help="a port nothing else uses (tests take 8765-8767): the bench starts its own server",
     )
+    ap.add_argument("--compare", default="auto",
+                    help="the pairwise judge's `compare`; `all,auto` runs both (a fresh server each) and prints "
+                    "judge tokens per labelled pair and the prefix-cache hit rate of each, and their ratio")  # fmt: skip
     args = ap.parse_args()
+    runs = {c: one_run(args, c) for c in args.compare.split(",")}
+    if len(runs) == 2:
+        (a, fa), (b, fb) = runs.items()
+        print(f"compare {b} vs {a}: judge tokens per labelled pair {fb['per_pair']:,.0f} vs {fa['per_pair']:,.0f} "
+              f"({fb['per_pair'] / fa['per_pair'] - 1:+.0%}); prefix cache hit, all stages {fb['cached']:.0%} vs "
+              f"{fa['cached']:.0%}; pairwise alone {fb['cached_pw']:.0%} vs {fa['cached_pw']:.0%}; labelled pairs "
+              f"{fb['pairs']} vs {fa['pairs']}")  # fmt: skip
+
+
+def one_run(args: argparse.Namespace, compare: str) -> dict[str, float]:
     print(f"before: {loadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         recipe, out = Path(tmp) / "judge-cost.yaml", Path(tmp) / "out"
-        recipe.write_text(recipe_text(args.port, args.prompts, args.n))
+        recipe.write_text(recipe_text(args.port, args.prompts, args.n, compare))
         with fresh_server(args.port), LoadSampler() as load:
             t0 = time.monotonic()
             subprocess.run([sys.executable, "-m", "flows.cli", "run", str(recipe), "--out", str(out)],
@@ -107,6 +122,13 @@ def main() -> None:
           f"({judge_tokens:,} tokens / {judge_pairs} pairs; "
           f"{summary['build']['constitution_pairs']} more pairs from the constitution)")  # fmt: skip
     print(f"after: {loadavg()}")
+    prompt_tokens = sum(u["prompt_tokens"] for u in usage.values())
+    pw = usage.get("judge:pairwise", {"prompt_tokens": 0, "cached_prompt_tokens": 0})
+    return {
+        "per_pair": judge_tokens / max(judge_pairs, 1), "pairs": judge_pairs,
+        "cached": sum(u["cached_prompt_tokens"] for u in usage.values()) / max(prompt_tokens, 1),
+        "cached_pw": pw["cached_prompt_tokens"] / max(pw["prompt_tokens"], 1),
+    }  # fmt: skip
 
 
 if __name__ == "__main__":
