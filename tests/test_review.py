@@ -137,7 +137,7 @@ def test_api_pages_filters_and_records_decisions(built, tmp_path):
 
     out = fresh(built, tmp_path)
     ix = RunIndex(out)
-    client = TestClient(make_app(ix, reviewer="ana"))
+    client = TestClient(make_app(ix, reviewer="ana"), base_url="http://127.0.0.1")
     assert "rlaif review" in client.get("/").text
     page = client.get("/api/pairs", params={"limit": 5}).json()
     assert page["total"] == ix.n == 24 and len(page["rows"]) == 5
@@ -171,7 +171,7 @@ def test_export_gold_keeps_what_a_rebuild_removed(built, tmp_path, capsys):
     out = fresh(built, tmp_path)
     from starlette.testclient import TestClient
 
-    client = TestClient(make_app(RunIndex(out)))
+    client = TestClient(make_app(RunIndex(out)), base_url="http://127.0.0.1")
     rows = client.get("/api/pairs", params={"limit": 3}).json()["rows"]
     for r, d in zip(rows, ("flip", "tie", "drop")):
         client.post("/api/decisions", json={"pair_id": r["pair_id"], "decision": d})
@@ -187,3 +187,21 @@ def test_export_gold_keeps_what_a_rebuild_removed(built, tmp_path, capsys):
     from flows.evals.judge_eval import load_pairs
 
     assert len(load_pairs(gold)) == 2  # judge-eval reads it as it is
+
+
+def test_a_cross_site_form_cannot_record_a_decision(built, tmp_path):
+    from starlette.testclient import TestClient
+
+    from flows.review.index import RunIndex
+    from flows.review.server import make_app
+
+    out = fresh(built, tmp_path)
+    client = TestClient(make_app(RunIndex(out)), base_url="http://127.0.0.1")
+    pid = client.get("/api/pairs", params={"limit": 1}).json()["rows"][0]["pair_id"]
+    body = json.dumps({"pair_id": pid, "decision": "drop"})
+    assert (
+        client.post("/api/decisions", content=body, headers={"content-type": "text/plain"}).status_code == 415
+    )
+    assert not (out / "review" / "decisions.jsonl").exists()
+    rebound = client.get("/api/pairs", headers={"host": "evil.example:8790"})
+    assert rebound.status_code == 400  # DNS rebinding: a request addressed to another name is refused

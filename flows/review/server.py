@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -27,7 +29,7 @@ from serving.errors import ConfigError, DataError
 PAGE = Path(__file__).with_name("page.html")
 
 
-def make_app(ix: RunIndex, reviewer: str | None = None) -> Starlette:
+def make_app(ix: RunIndex, reviewer: str | None = None, host: str = "127.0.0.1") -> Starlette:
     lock = threading.Lock()
 
     def bad(msg: str, status: int = 400) -> JSONResponse:
@@ -59,6 +61,10 @@ def make_app(ix: RunIndex, reviewer: str | None = None) -> Starlette:
         return JSONResponse(overview(ix))
 
     async def decide(request: Request) -> JSONResponse:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # a cross-site form can post text/plain without asking first; JSON needs a CORS preflight,
+            # which this server never grants: only the page itself can record a decision
+            return bad("decisions are posted as application/json", 415)
         try:
             body: dict[str, Any] = await request.json()
             d = Decision.model_validate({k: body.get(k) for k in ("pair_id", "decision", "note")})
@@ -78,7 +84,12 @@ def make_app(ix: RunIndex, reviewer: str | None = None) -> Starlette:
             ix.decisions[d.pair_id] = saved
         return JSONResponse(saved.model_dump(exclude={"pair"}, exclude_none=True))
 
-    return Starlette(routes=[
+    # a page elsewhere whose name resolves to this machine (DNS rebinding) must not reach the API: only
+    # requests addressed to the bound host are answered (any, when the user binds all interfaces)
+    hosts = (
+        ["*"] if host in ("0.0.0.0", "::") else sorted({host, "127.0.0.1", "localhost", "::1"})
+    )
+    return Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)], routes=[
         Route("/", page), Route("/api/meta", meta), Route("/api/pairs", pairs), Route("/api/pair/{pair_id}", one),
         Route("/api/overview", stats), Route("/api/decisions", decide, methods=["POST"]),
     ])  # fmt: skip
@@ -99,7 +110,7 @@ def serve(ix: RunIndex, host: str = "127.0.0.1", port: int = 8790, reviewer: str
     import uvicorn
 
     check_port(host, port)
-    app = make_app(ix, reviewer)
+    app = make_app(ix, reviewer, host)
     print(f"rlaif review: http://{host}:{port}/  ({ix.n} pairs, {len(ix.decisions)} decisions so far; "
           f"decisions go to {ix.run / 'review' / 'decisions.jsonl'}); Ctrl-C stops", flush=True)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
