@@ -115,7 +115,9 @@ def recipe_yaml(prompts: Path, base_url: str, task_runner: str = "threads", dask
         },
         "sampling": {"n": 4, "max_tokens": 128},
         "shard_size": 256,
-        "judges": [{"type": "ultrafeedback"}, {"type": "pairwise"}],
+        # compare: all keeps 20 requests per prompt (12 pairwise), the load every earlier figure was
+        # measured with; the default (only the emitted pair, both orders) would send 10
+        "judges": [{"type": "ultrafeedback"}, {"type": "pairwise", "compare": "all"}],
         "binarize": {"test_fraction": 0.1},
     }
     if task_runner != "threads":
