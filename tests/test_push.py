@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.hub.upload import plan_push
+from flows.hub.upload import hub_card, plan_push
 from tests.helpers import write_jsonl
 from tests.hub_stub import HubStub
 from tests.unique_stub import CountingChatStub
@@ -97,8 +97,11 @@ def test_push_creates_the_dataset_repo_and_uploads_the_run_in_one_commit(run_dir
     want = ["README.md", *(f"parquet/binarized/{s}.parquet" for s in sorted(SPLITS)),
             "parquet/ultrafeedback/train.parquet", "report/scores.png", "review/decisions.jsonl"]  # fmt: skip
     assert sorted(commit.files) == sorted(want) == sorted(f.path_in_repo for f in plan_push(run_dir).files)
-    for path, data in commit.files.items():
-        assert data == (run_dir / path).read_bytes(), path
+    for path, data in commit.files.items():  # the card's usage lines name the repo, not the local folder
+        local = (run_dir / path).read_bytes()
+        assert data == (hub_card(local.decode(), REPO).encode() if path == "README.md" else local), path
+    hub_readme = commit.files["README.md"].decode()
+    assert f"load_dataset('{REPO}', 'binarized')" in hub_readme and "load_from_disk" not in hub_readme
     assert f"pushed {len(want)} files" in proc.stdout
 
     # the token: sent as the Authorization header, and nowhere else

@@ -239,11 +239,28 @@ def push(run: Path, repo_id: str, private: bool = False, revision: str = "main",
             url = api.create_repo(
                 repo_id, repo_type="dataset", private=True if private else None, exist_ok=True
             )
-            operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.local))
-                          for f in plan.files]  # fmt: skip
+            operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=(
+                hub_card(f.local.read_text(), repo_id).encode() if f.path_in_repo == CARD else str(f.local)))
+                for f in plan.files]  # fmt: skip
             info = api.create_commit(repo_id, operations, commit_message=f"rlaif push: {plan.name}",
                                      repo_type="dataset", revision=revision)  # fmt: skip
         except (HfHubHTTPError, TransportError, OSError, ValueError, KeyError) as exc:  # KeyError: odd answer
             raise EndpointError(f"push to {repo_id}: {_why(exc, endpoint, token)}") from None
     return result.model_copy(update={"uploaded": True, "repo_url": str(url), "commit_url": info.commit_url,
                                      "commit_oid": info.oid})  # fmt: skip
+
+
+_LOCAL_LOAD = re.compile(r"load_from_disk\('[^']*/(binarized|ultrafeedback)'\)")
+
+
+def hub_card(text: str, repo_id: str) -> str:
+    """The card as it reads on the Hub: its usage lines load the repo by name (`load_dataset`), not the
+    local run folder; everything else, the `configs:` header included, is the card as built."""
+
+    def by_name(m: re.Match[str]) -> str:
+        return f"load_dataset('{repo_id}', '{m.group(1)}')" + (
+            "" if m.group(1) == "binarized" else "['train']"
+        )
+
+    out = _LOCAL_LOAD.sub(by_name, text)
+    return out.replace("from datasets import load_from_disk", "from datasets import load_dataset")
