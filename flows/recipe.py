@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -174,17 +174,60 @@ class GateSpec(_Strict):
         return {k: v for k, v in pairs.items() if v is not None}
 
 
+LORA_TRAINER_FIELDS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_adapter",
+                       "save_adapter")  # fmt: skip
+
+
+class LoraSpec(_Strict):
+    """`train.lora:` train a LoRA adapter (peft) instead of all weights. The adapter is saved on its own
+    (rounds serve it on the policy's running vLLM, loaded at runtime) unless `merge: true`."""
+
+    r: int = Field(default=16, ge=1, le=512, description="rank")
+    alpha: int | None = Field(default=None, ge=1, description="scaling alpha; default 2 x r")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear", description="module names (q_proj, v_proj, ...) or all-linear"
+    )
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    merge: bool = Field(
+        default=False, description="save the merged model (a full folder: rounds then serve it as one)"
+    )
+    start_from: str | None = Field(
+        default=None, description="an adapter folder to train on (rounds: the previous round's adapter)"
+    )
+
+    def trainer_fields(self) -> dict[str, object]:
+        """The trainer config's flat LoRA fields (trainers/configs.py)."""
+        modules = (
+            self.target_modules if isinstance(self.target_modules, str) else ",".join(self.target_modules)
+        )
+        return {"lora": True, "lora_r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
+                "lora_target_modules": modules, "save_adapter": not self.merge,
+                "lora_adapter": self.start_from}  # fmt: skip
+
+
 class TrainSpec(_Strict):
     """`train:` the method and any field of its trainer config (trainers/configs.py, the one place they are
-    declared); a field left out keeps the trainer's own default, an unknown one is refused."""
+    declared); a field left out keeps the trainer's own default, an unknown one is refused. PPO without a
+    `reward_model` first trains one on the run's own pairs (`reward_training:` its reward-trainer fields)."""
 
     model_config = ConfigDict(extra="allow")
 
     method: Literal["sft", "dpo", "reward", "ppo"] = "dpo"
     model: str | None = Field(default=None, description="defaults to the policy model")
-    reward_model: str | None = Field(default=None, description="ppo: folder from `rlaif train reward`")
+    reward_model: str | None = Field(default=None, description="ppo: folder from `rlaif train reward`; "
+                                     "default: one trained on the run's pairs first")  # fmt: skip
+    lora: LoraSpec | None = Field(default=None, description="train a LoRA adapter: {r, alpha, target_modules, "
+                                  "dropout, merge}; `true` takes the defaults")  # fmt: skip
+    reward_training: dict[str, Any] | None = Field(
+        default=None, description="ppo without reward_model: fields of the reward trainer (max_steps, ...)"
+    )
 
     _models_exist = field_validator("model", "reward_model")(check_model_ref)
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_flag(cls, v: object) -> object:
+        return ({} if v else None) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _trainer_fields(self) -> TrainSpec:
@@ -192,6 +235,10 @@ class TrainSpec(_Strict):
 
         allowed = method_fields(self.method)
         for name in self.model_extra or {}:
+            if name in LORA_TRAINER_FIELDS:
+                raise field_error(
+                    (name,), "set LoRA under `lora:` (r, alpha, target_modules, dropout, merge)", name
+                )
             if name not in allowed:
                 raise field_error((name,), f"unknown field for method {self.method}; fields: "
                                   f"{', '.join(sorted(allowed))}", name)  # fmt: skip
@@ -200,13 +247,36 @@ class TrainSpec(_Strict):
         except ValidationError as exc:
             err = exc.errors()[0]
             raise field_error(tuple(err["loc"]), err["msg"], err.get("input")) from None
-        if self.method == "ppo" and not self.reward_model:
-            raise ValueError("method ppo needs `reward_model: <folder from rlaif train reward>`")
+        if self.method == "reward" and self.serves_adapter:
+            raise field_error(
+                ("lora", "merge"), "a reward model is saved whole: set `lora.merge: true`", False
+            )
+        if self.reward_training is not None:
+            if self.method != "ppo" or self.reward_model:
+                raise field_error(("reward_training",), "only for method ppo without a reward_model (the "
+                                  "reward model trained on the run's pairs)")  # fmt: skip
+            extra = sorted(set(self.reward_training) - set(method_fields("reward")))
+            if extra:
+                raise field_error(("reward_training", extra[0]), "unknown field of the reward trainer; fields: "
+                                  f"{', '.join(sorted(method_fields('reward')))}")  # fmt: skip
+            try:
+                METHOD_CONFIGS["reward"].model_validate(
+                    {**self.reward_training, "dataset": "-", "output": "-"}
+                )
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise field_error(("reward_training", *err["loc"]), err["msg"], err.get("input")) from None
         return self
+
+    @property
+    def serves_adapter(self) -> bool:
+        """It trains a LoRA adapter kept apart from the model (rounds serve it on the base model's server)."""
+        return self.lora is not None and not self.lora.merge
 
     def fields(self) -> dict[str, object]:
         """What goes to the trainer's config (the method's own fields only)."""
         out = dict(self.model_extra or {})
+        out.update(self.lora.trainer_fields() if self.lora else {})
         out.update(
             {k: v for k, v in (("model", self.model), ("reward_model", self.reward_model)) if v is not None}
         )
@@ -298,9 +368,17 @@ class Recipe(_Strict):
         if self.policy.is_local and rounds.port in {m.port for m in self.served() if m.is_local}:
             raise field_error(("rounds", "port"), f"port {rounds.port} is taken by the policy or a judge; "
                               "the trained policies need a port of their own")  # fmt: skip
-        if self.train is not None and self.train.method not in ("dpo", "sft"):
-            raise field_error(("train", "method"), f"rounds train a policy with dpo or sft, not "
-                              f"{self.train.method}")  # fmt: skip
+        if self.train is not None and self.train.method not in ("dpo", "sft", "ppo"):
+            raise field_error(("train", "method"), f"rounds train a policy with dpo, sft or ppo (a reward "
+                              f"model on the round's pairs, then PPO), not {self.train.method}")  # fmt: skip
+        if self.train is not None and self.train.serves_adapter:
+            if not self.policy.is_local:
+                raise field_error(("train", "lora"), "adapter rounds serve the adapter on the policy's own "
+                                  "vLLM; with an external policy set `lora.merge: true` (reload_command "
+                                  "then loads the merged folder)")  # fmt: skip
+            if self.train.model is not None and self.train.model != self.policy.model:
+                raise field_error(("train", "model"), "adapter rounds serve each adapter on the policy's "
+                                  "server, so they train the policy's own model (leave train.model out)")  # fmt: skip
 
     def feedback(self) -> list[JudgeConfig]:
         """Every judge of the run: `judges:` then the `critique:` section (a constitution judge)."""

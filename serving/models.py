@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from serving.errors import ModelError
 
@@ -142,7 +143,11 @@ def weights_sha256(folder: str | Path) -> str:
     )
     if not any(f.suffix in WEIGHT_SUFFIXES for f in files) or not (path / "config.json").is_file():
         raise ModelError(f"model folder {path} has no config.json or no weight files: is it a model folder?")
-    h = hashlib.sha256()
+    return hash_files(hashlib.sha256(), files)
+
+
+def hash_files(h: Any, files: list[Path]) -> str:
+    """`h` (a hashlib object) updated with each file's name and bytes, streamed; its hex digest."""
     for f in files:
         h.update(f.name.encode() + b"\0")
         with f.open("rb") as fh:

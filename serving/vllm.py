@@ -1,7 +1,8 @@
 """`VllmServer`: start (or reuse) vLLM's OpenAI-compatible server for a model on 127.0.0.1.
 
 It waits for `/v1/models`, streams the server log to a file, quotes the log's tail when start-up
-fails, and stops the process group cleanly on exit.
+fails, and stops the process group cleanly on exit. With `lora` it starts the base model ready to take
+LoRA adapters at runtime (serving/lora.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
 from serving.errors import EndpointError
+from serving.lora import LoraServing, check_runtime_loading
 from serving.models import resolve_model, rlaif_home, served_name
 
 DEFAULT_PORT = 8765
@@ -62,8 +64,11 @@ class VllmServer:
 
     If a healthy server already answers on the port serving the same model *folder* (vLLM lists the
     path it was started with as `root`) under the same name, it is reused (and left running on exit);
-    a server of any other model there, even one with the same folder name, is an error.
+    a server of any other model there, even one with the same folder name, is an error. With `lora`, a
+    reused server must take adapters at runtime (checked at once, one line if not).
     """
+
+    starts: ClassVar[int] = 0  # vLLM processes this Python process started (rounds count them)
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class VllmServer:
         startup_timeout: float = 600.0,
         extra_args: list[str] | None = None,
         name: str | None = None,
+        lora: LoraServing | None = None,
     ) -> None:
         self.model_name = name or served_name(model)
         self.model = model
@@ -84,6 +90,7 @@ class VllmServer:
         self.log_path = log_path or rlaif_home() / "logs" / f"vllm-{port}.log"
         self.startup_timeout = startup_timeout
         self.extra_args = extra_args or []
+        self.lora = lora
         self.proc: subprocess.Popen[bytes] | None = None
         self.reused = False
 
@@ -110,7 +117,7 @@ class VllmServer:
             # shared prefixes (instructions, prompt, answers) end mid-block and lose ~64 tokens each.
             cmd += ["--dtype", "bfloat16", "--gpu-memory-utilization", "0.4", "--no-enable-chunked-prefill",
                     "--block-size", "32"]  # fmt: skip
-        return cmd + self.extra_args
+        return cmd + (self.lora.args() if self.lora else []) + self.extra_args
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -124,6 +131,8 @@ class VllmServer:
         cards = server_cards(self.base_url)
         if cards is not None:
             if any(c["id"] == self.model_name and same_model_ref(c.get("root"), model_path) for c in cards):
+                if self.lora is not None:
+                    check_runtime_loading(self.base_url)
                 self.reused = True
                 return self
             theirs = ", ".join(f"{c['id']!r} ({c.get('root') or 'folder not listed'})" for c in cards)
@@ -136,6 +145,7 @@ class VllmServer:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        env.update(self.lora.env() if self.lora else {})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
@@ -143,6 +153,7 @@ class VllmServer:
             start_new_session=True,
         )  # fmt: skip
         log.close()
+        VllmServer.starts += 1
         try:
             self._wait_ready()
         except BaseException:  # a failed or interrupted start leaves no orphan server behind

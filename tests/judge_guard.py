@@ -17,6 +17,9 @@ CONTRACT = {"Judge", "JudgeConfig"}
 ALLOWED = {  # (file, what) -> why it is not a judge type check
     ("flows/dataset/schema.py", "judge type 'ultrafeedback' used as a value"): "the dataset folder's name",
     ("flows/recipe.py", "judge type 'reward_model' used as a value"): "the `train.reward_model` field's name",
+    ("flows/training/train_flow.py", "judge type 'reward_model' used as a value"): (
+        "the PPO trainer's `reward_model` field and the summary key of the reward model a round trained"
+    ),
     ("serving/config_files.py", "compares a `.type`"): "a pydantic error's type",
 }
 

@@ -4,6 +4,7 @@ finished rounds are never redone, and bad `rounds:` set-ups fail before any requ
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from flows.cli import main
 from serving.models import weights_sha256
 from tests.helpers import journal_records, write_jsonl
 
-ROUNDS_PORT = 8767
+ROUNDS_PORT = int(os.environ.get("RLAIF_TEST_ROUNDS_PORT", "8767"))  # the trained policies' server
 GOLD = Path(__file__).resolve().parents[1] / "data" / "gold" / "pairs.jsonl"
 
 
@@ -162,8 +163,8 @@ def test_a_stop_rule_ends_the_rounds_with_one_line(two_rounds, tmp_path, capsys)
         rounds_recipe(tmp_path, 9, "")
         .read_text()
         .replace(  # port 9: a request would fail
-            "port: 8767}",
-            "port: 8767, stop_when: {length_growth_above: %s}}" % (r2["mean_len"] / r2["base_mean_len"] / 2),
+            f"port: {ROUNDS_PORT}}}",
+            f"port: {ROUNDS_PORT}, stop_when: {{length_growth_above: {r2['mean_len'] / r2['base_mean_len'] / 2}}}}}",
         )
     )
     (tmp_path / "stop.yaml").write_text(recipe)

@@ -73,13 +73,37 @@ def load_split(dataset: str, split: str, columns: list[str], allow_empty: bool =
     return ds
 
 
+def target_modules(cfg: TrainConfig) -> str | list[str]:
+    """`lora_target_modules` as peft takes it: "all-linear", or a list of module names."""
+    names = [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
+    return "all-linear" if names in ([], ["all-linear"]) else names
+
+
 def peft_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
-    if not cfg.lora:
+    """A new LoRA adapter for the trainer to add; None without `lora` or when an adapter is continued."""
+    if not cfg.lora or cfg.lora_adapter:
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0, task_type=task_type,
-                      target_modules="all-linear")  # fmt: skip
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=cfg.lora_dropout,
+                      task_type=task_type, target_modules=target_modules(cfg))  # fmt: skip
+
+
+def continue_adapter(model: Any, cfg: TrainConfig, reference: bool = False) -> Any:
+    """`model` with `cfg.lora_adapter` loaded as its trainable "default" adapter (and, with `reference`,
+    a frozen copy named "ref" for trainers that take a reference adapter); `model` when not continuing."""
+    if not (cfg.lora and cfg.lora_adapter):
+        return model
+    from peft import PeftModel
+
+    path = Path(cfg.lora_adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
+    model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    if reference:
+        model.load_adapter(str(path), adapter_name="ref", is_trainable=False)
+        model.set_adapter("default")
+    return model
 
 
 @contextmanager
@@ -148,19 +172,24 @@ def finish(
     extra: dict[str, Any],
     model: Any = None,
 ) -> Any:
-    """Save the trained model (LoRA merged) + tokenizer, metrics.json and curves.png; returns the model."""
+    """Save the trained model (LoRA merged, or the adapter alone with `save_adapter`) + tokenizer,
+    metrics.json and curves.png; returns the model."""
     trained = model if model is not None else trainer.model
-    if config.lora and hasattr(trained, "merge_and_unload"):
-        trained = trained.merge_and_unload()
-    trained.save_pretrained(folder)
+    if config.lora and config.save_adapter and hasattr(trained, "peft_config"):
+        trained.save_pretrained(folder, selected_adapters=["default"])  # not a trainer's "ref" copy
+    else:
+        if config.lora and hasattr(trained, "merge_and_unload"):
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(folder)
     tok.save_pretrained(folder)
     write_metrics(folder, method, trainer.state.log_history, extra)
     return trained
 
 
 def trained_model(trainer: Any, config: TrainConfig) -> Any:
-    """The trainer's model with LoRA adapters merged (what gets evaluated and saved)."""
-    return trainer.model.merge_and_unload() if config.lora else trainer.model
+    """The trainer's model with LoRA adapters merged (what gets evaluated and saved); with `save_adapter`
+    the adapter stays separate (the model answers through it)."""
+    return trainer.model.merge_and_unload() if config.lora and not config.save_adapter else trainer.model
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right") -> Any:

@@ -21,6 +21,17 @@ class TrainConfig(BaseModel):
     max_length: int = Field(default=256, ge=16)
     lora: bool = Field(default=False, description="train LoRA adapters (peft) instead of all weights")
     lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int | None = Field(default=None, ge=1, description="LoRA scaling alpha (default 2 x lora_r)")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    lora_target_modules: str = Field(
+        default="all-linear", description="comma-separated module names, or all-linear"
+    )
+    lora_adapter: str | None = Field(
+        default=None, description="with lora: go on training this adapter folder (a previous round's)"
+    )
+    save_adapter: bool = Field(
+        default=False, description="with lora: save the adapter alone, not merged into the model"
+    )
     seed: int = 0
     trust_remote_code: bool = False
 

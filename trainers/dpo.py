@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainers.common import (
+    continue_adapter,
     device_args,
     finish,
     load_model,
@@ -29,6 +30,7 @@ def train(config: DPOTrainConfig) -> Path:
         PAIR_COLUMNS
     )
     model, tok = load_model(config, AutoModelForCausalLM)
+    model = continue_adapter(model, config)  # a previous round's adapter, trained on
     probe = eval_ds if len(eval_ds) else train_ds
     before = preference_accuracy(model, tok, probe, config.max_length)
     with staged_output(config.output) as tmp:

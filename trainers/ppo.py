@@ -1,5 +1,6 @@
-"""PPO with `trl.experimental.ppo` (TRL 1.12): policy + reference from the policy model, the reward
-model from `reward.py` (normalised), value model initialised from the reward model."""
+"""PPO with `trl.experimental.ppo` (TRL 1.12): policy + reference from the policy model (with `lora`: a
+LoRA adapter, the reference is the adapter it started from), the reward model from `reward.py`
+(normalised), value model initialised from the reward model."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import torch
 from serving.errors import ModelError
 from serving.reward_scoring import read_normalization
 from trainers.common import (
+    continue_adapter,
     device_args,
     finish,
     load_model,
     load_split,
     model_path,
+    peft_config,
     staged_output,
 )
 from trainers.configs import PPOTrainConfig
@@ -49,9 +52,13 @@ def train(config: PPOTrainConfig) -> Path:
         raise ModelError(f"{rm_path}: not a reward model folder (no config.json)")
     prompts = load_split(config.dataset, "train_prefs", ["prompt"]).select_columns(["prompt"])
     policy, tok = load_model(config, AutoModelForCausalLM, padding_side="left")
-    ref = AutoModelForCausalLM.from_pretrained(
-        model_path(config.model), trust_remote_code=config.trust_remote_code
-    )
+    ref = None  # with lora: the base with the adapter off, or the frozen "ref" copy of a continued adapter
+    if not config.lora:
+        ref = AutoModelForCausalLM.from_pretrained(
+            model_path(config.model), trust_remote_code=config.trust_remote_code
+        )
+    policy = continue_adapter(policy, config, reference=True)
+    adapters = {"model_adapter_name": "default", "ref_adapter_name": "ref"} if config.lora_adapter else {}
 
     def encode(row: dict) -> dict:
         ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
@@ -71,10 +78,10 @@ def train(config: PPOTrainConfig) -> Path:
         args = PPOConfig(
             output_dir=str(tmp), total_episodes=config.max_steps * config.batch_size, num_mini_batches=1,
             response_length=config.response_length, kl_coef=config.kl_coef, stop_token="eos",
-            num_sample_generations=0, missing_eos_penalty=1.0, **dev,
+            num_sample_generations=0, missing_eos_penalty=1.0, **adapters, **dev,
         )  # fmt: skip
         trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
-                             train_dataset=train_ds, value_model=value)  # fmt: skip
+                             train_dataset=train_ds, value_model=value, peft_config=peft_config(config))  # fmt: skip
         trainer.train()
         tok.padding_side = "right"
         hist = trainer.state.log_history

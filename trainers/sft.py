@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainers.common import (
+    continue_adapter,
     device_args,
     finish,
     load_model,
@@ -22,6 +23,7 @@ def train(config: SFTTrainConfig) -> Path:
 
     ds = load_split(config.dataset, "train_sft", ["messages"]).select_columns(["messages"])
     model, tok = load_model(config, AutoModelForCausalLM)
+    model = continue_adapter(model, config)  # a previous round's adapter, trained on
     with staged_output(config.output) as tmp:
         args = SFTConfig(output_dir=str(tmp), max_length=config.max_length, **device_args(config))
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,

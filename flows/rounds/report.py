@@ -26,6 +26,7 @@ def card_section(r: RoundResult) -> str:
         f"| policy that wrote the completions | `{r.policy.model}` (served as `{r.policy.served_as}`, "
         f"weights sha256 `{r.policy.sha256}`) |\n"
         f"| policy this round trained | `{r.trained.model}` (sha256 `{r.trained.sha256}`) |\n"
+        f"| training | {trained_how(r)} |\n"
         f"| win rate of the trained policy vs the base, held-out prompts, both orders | {r.vs_base.cell()} "
         f"(n={r.vs_base.n}: {r.vs_base.wins} wins, {r.vs_base.losses} losses, {r.vs_base.ties} ties) |\n"
         f"| win rate vs the previous policy | {r.vs_previous.cell()} (n={r.vs_previous.n}) |\n"
@@ -34,8 +35,27 @@ def card_section(r: RoundResult) -> str:
         f"| pairs whose chosen answer is the longer one | {share(r.longer_chosen_share)} |\n"
         f"| DPO reward margin (eval) | {'-' if r.reward_margin is None else f'{r.reward_margin:.4f}'} |\n"
         f"| judge re-checked on the gate pairs | {r.gate.line() if r.gate else 'no gate in the recipe'} |\n"
+        + (f"| round time | {time_cell(r)} |\n" if r.timing else "")
         + (f"| rounds stopped here | {r.stopped} |\n" if r.stopped else "")
     )
+
+
+def trained_how(r: RoundResult) -> str:
+    """The method, what was saved and how it is served (and the PPO round's reward model)."""
+    kind = ("a LoRA adapter, served by name on the base policy's vLLM (loaded at runtime)" if r.trained.adapter
+            else "a full model folder, served by its own vLLM")  # fmt: skip
+    reward = (
+        "" if r.reward_accuracy is None else f"; its reward model's test accuracy {r.reward_accuracy:.2f}"
+    )
+    return f"{r.method or 'dpo'}: {kind}{reward}"
+
+
+def time_cell(r: RoundResult) -> str:
+    t = r.timing
+    assert t is not None
+    return (f"{t.wall_s:.0f} s: generation and judging {t.generate_s:.0f} s, training {t.train_s:.0f} s, "
+            f"held-out answers and judging {t.eval_requests_s:.0f} s, the rest {t.overhead_s:.0f} s (policy "
+            f"serving {t.serve_s:.1f} s: {t.server_starts} vLLM starts, {t.adapter_loads} adapter loads)")  # fmt: skip
 
 
 def growth(r: RoundResult) -> str:

@@ -40,19 +40,31 @@ def train_flow(method: str, fields: dict[str, Any]) -> str:
 
 
 def train_after_build(recipe: Recipe, out: Path) -> dict[str, Any]:
-    """The recipe's `train:` section, run on the dataset the pipeline just built."""
+    """The recipe's `train:` section, run on the dataset the pipeline just built. PPO without a
+    `reward_model` first trains one on the same pairs (OUT/models/reward, `reward_training:` fields)."""
     import json
+    import time
 
     spec = recipe.train
     assert spec is not None
-    output = out / "models" / spec.method
+    t0 = time.monotonic()
+    model = spec.model or recipe.policy.model
     fields = {
         **spec.fields(),
-        "model": spec.model or recipe.policy.model,
+        "model": model,
         "dataset": str(out),
-        "output": str(output),
+        "output": str(out / "models" / spec.method),
     }
+    reward: dict[str, Any] = {}
+    if spec.method == "ppo" and not spec.reward_model:
+        rm_fields = {"model": model, **(spec.reward_training or {}), "dataset": str(out),
+                     "output": str(out / "models" / "reward")}  # fmt: skip
+        fields["reward_model"] = train_flow("reward", rm_fields)
+        rm_metrics = json.loads((Path(fields["reward_model"]) / "metrics.json").read_text())
+        reward = {"reward_model": fields["reward_model"],
+                  "reward_test_accuracy": rm_metrics.get("test_accuracy"),
+                  "reward_train_accuracy": rm_metrics.get("train_accuracy")}  # fmt: skip
     path = train_flow(spec.method, fields)
     metrics = json.loads((Path(path) / "metrics.json").read_text())
-    return {"method": spec.method, "output": path,
+    return {"method": spec.method, "output": path, **reward, "train_s": round(time.monotonic() - t0, 2),
             **{k: v for k, v in metrics.items() if k != "log_history"}}  # fmt: skip
