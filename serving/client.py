@@ -50,6 +50,34 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+def chat_body(
+    messages: list[dict[str, str]],
+    *,
+    n: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    response_format: dict[str, Any] | None = None,
+    logprobs: bool = False,
+    top_logprobs: int | None = None,
+    extra_body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of a chat completion request, without the model (online and batch mode send the same)."""
+    body: dict[str, Any] = {"messages": messages, "n": n}
+    for key, value in (
+        ("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
+        ("seed", seed), ("response_format", response_format), ("top_logprobs", top_logprobs),
+    ):  # fmt: skip
+        if value is not None:
+            body[key] = value
+    if logprobs:
+        body["logprobs"] = True
+    if extra_body:
+        body.update(extra_body)
+    return body
+
+
 class _EndpointState:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -228,17 +256,9 @@ class LLMClient:
         """One chat completion request (with `n` samples), retried on transient failures. `priority`
         orders it among requests waiting for a slot (lower first); `sample` is the sample index of a
         prompt's n separate requests (part of the request's identity in the journal). Neither is sent."""
-        body: dict[str, Any] = {"messages": messages, "n": n}
-        for key, value in (
-            ("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
-            ("seed", seed), ("response_format", response_format), ("top_logprobs", top_logprobs),
-        ):  # fmt: skip
-            if value is not None:
-                body[key] = value
-        if logprobs:
-            body["logprobs"] = True
-        if extra_body:
-            body.update(extra_body)
+        body = chat_body(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                         response_format=response_format, logprobs=logprobs, top_logprobs=top_logprobs,
+                         extra_body=extra_body)  # fmt: skip
         last_error = ""
         counters = self.counters
         self._busy_enter()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,16 @@ class Endpoint(BaseModel):
     model: str = Field(description="model name the endpoint serves")
     api_key_env: str | None = Field(default=None, description="env var holding the API key")
     max_concurrency: int = Field(default=32, ge=1, description="requests in flight at once")
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="batch: requests go through the provider's batch API (/v1/files, /v1/batches), at its batch "
+        "price, answered within 24 h (serving/batch.py)",
+    )
+    batch_window_s: float = Field(default=10.0, gt=0, description="batch mode: a batch is cut this long "
+                                  "after its first request was queued")  # fmt: skip
+    batch_max_requests: int = Field(default=50_000, ge=1, le=50_000, description="batch mode: or as soon "
+                                    "as this many requests are queued (OpenAI takes 50,000 per batch)")  # fmt: skip
+    batch_poll_s: float = Field(default=30.0, gt=0, description="batch mode: seconds between status polls")
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -61,6 +71,7 @@ class Counters(BaseModel):
     completion_tokens: int = 0
     wall_s: float = 0.0
     rate_limited: int = 0  # answers that were HTTP 429 (each one retried, never a skip)
+    batches: int = 0  # batches submitted (batch mode); `requests` counts their lines
 
 
 class Choice(BaseModel):

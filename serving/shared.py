@@ -7,8 +7,10 @@ import asyncio
 import atexit
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
+from serving.batch import BatchClient, is_batch
 from serving.client import LLMClient
 from serving.endpoint import ClientConfig, Counters, Endpoint
 
@@ -31,7 +33,7 @@ class LoopThread:
 
 
 _LOOP: LoopThread | None = None
-_CLIENTS: dict[str, LLMClient] = {}
+_CLIENTS: dict[str, LLMClient | BatchClient] = {}
 _LOCK = threading.Lock()
 _INTERRUPTED = threading.Event()
 
@@ -45,14 +47,38 @@ def io_loop() -> LoopThread:
 
 
 def shared_client(endpoints: list[Endpoint], config: ClientConfig | None = None) -> LLMClient:
-    """One client per endpoint set per process, living on the shared background loop."""
-    key = "|".join(e.model_dump_json() for e in endpoints) + (config or ClientConfig()).model_dump_json()
+    """One client per endpoint set per process, living on the shared background loop. It sends online,
+    whatever the endpoints' `mode` (the gate, judge-eval and win rates wait on their answers)."""
+    client = _shared("online", endpoints, config, lambda: LLMClient(endpoints, config))
+    assert isinstance(client, LLMClient)
+    return client
+
+
+def run_client(
+    endpoints: list[Endpoint], config: ClientConfig | None, run_dir: str
+) -> LLMClient | BatchClient:
+    """The client a run's stage uses: `shared_client`, or for `mode: batch` endpoints one `BatchClient` per
+    endpoint set and run folder (its batches are recorded in RUN/batches/)."""
+    if not is_batch(endpoints):
+        return shared_client(endpoints, config)
+    folder = Path(run_dir) / "batches"
+    return _shared(f"batch:{folder}", endpoints, config, lambda: BatchClient(endpoints, config, folder))
+
+
+def _shared(kind: str, endpoints: list[Endpoint], config: ClientConfig | None,
+            make_client: Callable[[], LLMClient | BatchClient]) -> LLMClient | BatchClient:  # fmt: skip
+    key = (
+        kind
+        + "|"
+        + "|".join(e.model_dump_json() for e in endpoints)
+        + (config or ClientConfig()).model_dump_json()
+    )
     loop = io_loop()
     with _LOCK:
         if key not in _CLIENTS:
 
-            async def make() -> LLMClient:
-                return LLMClient(endpoints, config)
+            async def make() -> LLMClient | BatchClient:
+                return make_client()
 
             _CLIENTS[key] = asyncio.run_coroutine_threadsafe(make(), loop.loop).result()
         return _CLIENTS[key]

@@ -80,6 +80,17 @@ def load_manifest(path: str, sha: str) -> Manifest:
     return man
 
 
+BATCH_SHARDS_IN_FLIGHT = 128  # batch mode: shards at once per process (a batch takes what they queued)
+
+
+def shards_at_once(spec: RunSpec) -> int:
+    """`shards_in_flight`; in batch mode at least `BATCH_SHARDS_IN_FLIGHT`: a shard waits hours for its
+    batches, so two at a time would cut a 50k-prompt run into a hundred rounds of batches."""
+    if spec.plan.batch_mode():
+        return max(spec.shards_in_flight, BATCH_SHARDS_IN_FLIGHT)
+    return spec.shards_in_flight
+
+
 def task_runner(spec: RunSpec) -> Any:
     """Threads in this process, or Dask: a local cluster of worker processes, or a scheduler address."""
     if spec.task_runner == "dask":
@@ -88,11 +99,11 @@ def task_runner(spec: RunSpec) -> Any:
         if spec.dask_address:
             return DaskTaskRunner(address=spec.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": spec.dask_workers, "processes": True,
-                                              "threads_per_worker": spec.shards_in_flight,
+                                              "threads_per_worker": shards_at_once(spec),
                                               "dashboard_address": None})  # fmt: skip
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=spec.shards_in_flight)
+    return ThreadPoolTaskRunner(max_workers=shards_at_once(spec))
 
 
 def all_finished(man: Manifest, plan: ShardPlan) -> bool:

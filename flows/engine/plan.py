@@ -7,6 +7,7 @@ from pathlib import Path
 from flows.engine.shard import JudgeRun, ShardPlan
 from flows.recipe import Recipe
 from judges.registry import make_judge
+from serving.batch import check_batch_endpoints, is_batch
 from serving.endpoint import Endpoint
 from serving.models import model_identity, resolve_model
 
@@ -31,7 +32,10 @@ def make_plan(
         if recipe.budget
         else {}
     )
-    prices = {stage: m.price for stage, m in served.items() if m.price is not None}
+    for stage, eps in endpoints.items():
+        check_batch_endpoints(eps, stage)
+    prices = {stage: m.price.for_mode(is_batch(endpoints.get(stage, []))) for stage, m in served.items()
+              if m.price is not None}  # fmt: skip
     plan = ShardPlan(
         out_dir=str(out.resolve()), policy_model=recipe.policy.display_name(), policy_endpoints=endpoints["generate"],
         sampling=recipe.sampling, judges=runs, client=recipe.client, concurrency_share=concurrency_share,

@@ -34,9 +34,10 @@ from flows.engine.token_bound import byte_bound, prompt_bound
 from flows.recipe import BinarizeSpec, BudgetSpec, Sampling
 from judges.contract import Completion, Judge, Judgement, Prompt
 from judges.registry import AnyJudgeConfig, judge_class, make_judge, ranking_key
+from serving.batch import is_batch
 from serving.endpoint import ClientConfig, Endpoint
 from serving.price import Price
-from serving.shared import io_loop, shared_client
+from serving.shared import io_loop, run_client
 
 
 class JudgeRun(BaseModel):
@@ -96,10 +97,17 @@ class ShardPlan(BaseModel):
             data["follow"] = [self.score_key(), b.rule, b.seed, b.keep_ties, b.min_margin]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+    def batch_mode(self) -> bool:
+        """Some stage answers through batches (`mode: batch`): its requests wait for a batch to finish."""
+        return is_batch(self.policy_endpoints) or any(is_batch(j.endpoints) for j in self.judges)
+
     def window(self) -> int:
-        """Prompts in flight per shard: enough ready requests to keep the policy endpoint full."""
+        """Prompts in flight per shard: enough ready requests to keep the policy endpoint full; in batch
+        mode every prompt of the shard (a batch takes all that is ready, and answers it all at once)."""
         if self.prompts_in_flight:
             return self.prompts_in_flight
+        if self.batch_mode():
+            return 1 << 30
         conc = sum(e.max_concurrency for e in self.policy_endpoints) * self.concurrency_share
         return max(8, int(2 * conc / max(1, self.sampling.n)) + 4)
 
@@ -281,7 +289,7 @@ def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
     stats: dict[str, StageStats] = {}
     clients = {"generate": plan.policy_endpoints, **{j.stage: j.endpoints for j in plan.judges}}
     clients = {
-        k: shared_client(_scaled(eps, plan.concurrency_share), plan.client)
+        k: run_client(_scaled(eps, plan.concurrency_share), plan.client, plan.out_dir)
         for k, eps in clients.items()
         if eps
     }
