@@ -86,9 +86,7 @@ def make_app(ix: RunIndex, reviewer: str | None = None, host: str = "127.0.0.1")
 
     # a page elsewhere whose name resolves to this machine (DNS rebinding) must not reach the API: only
     # requests addressed to the bound host are answered (any, when the user binds all interfaces)
-    hosts = (
-        ["*"] if host in ("0.0.0.0", "::") else sorted({host, "127.0.0.1", "localhost", "::1"})
-    )
+    hosts = ["*"] if host in ("0.0.0.0", "::") else sorted({host, "127.0.0.1", "localhost", "::1"})
     return Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)], routes=[
         Route("/", page), Route("/api/meta", meta), Route("/api/pairs", pairs), Route("/api/pair/{pair_id}", one),
         Route("/api/overview", stats), Route("/api/decisions", decide, methods=["POST"]),
