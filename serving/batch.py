@@ -141,7 +141,6 @@ class BatchClient:
         self.config = config or ClientConfig()
         self.folder = Path(folder)
         self.counters = Counters()
-        self.batch_ids: list[str] = []  # submitted or re-attached by this client
         self._waiting: dict[str, asyncio.Future[ChatResult]] = {}  # custom_id -> its answer
         self._callers: dict[str, int] = {}  # custom_id -> callers awaiting it
         self._bodies: dict[str, dict[str, Any]] = {}  # custom_id -> body, while it is waited for
@@ -389,7 +388,6 @@ class BatchClient:
 
     def _follow(self, rec: BatchRecord, ours: bool) -> None:
         assert rec.id is not None
-        self.batch_ids.append(rec.id)
         self._followed[rec.id] = self._spawn(self._poll(rec, ours))
 
     async def _poll(self, rec: BatchRecord, ours: bool) -> None:
