@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from serving.atomic_write import atomic_write_text
 from serving.client import RETRYABLE_STATUS, WRONG_ENDPOINT, LLMClient, chat_body
 from serving.endpoint import ChatResult, ClientConfig, Counters, Endpoint, RequestRejected
 from serving.errors import ConfigError, EndpointError
@@ -113,18 +112,8 @@ def _safe(name: str) -> str:
 
 
 def write_record(path: Path, rec: BatchRecord) -> None:
-    """Atomically (temp file, fsync, rename): a killed run leaves the old record or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(rec.model_dump_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically: a killed run leaves the old record or the new one."""
+    atomic_write_text(path, rec.model_dump_json())
 
 
 class BatchClient:

@@ -72,6 +72,7 @@ class ShardPlan(BaseModel):
     score: str | None = None  # `binarize.score`: the judge named to rank
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)  # what a judge that follows the ranking asks
     _built: list[Judge] | None = PrivateAttr(default=None)
+    _score_key: tuple[str] | None = PrivateAttr(default=None)
 
     def built(self) -> list[Judge]:
         """The judges, built once per plan object (so once per worker process), with no client: each
@@ -136,8 +137,11 @@ class ShardPlan(BaseModel):
         return next((j.spec.key for j, judge in zip(self.judges, self.built()) if judge.aspects()), None)
 
     def score_key(self) -> str | None:
-        """The judge whose scores rank completions (`binarize.score`, else the default choice)."""
-        return ranking_key([j.spec for j in self.judges], self.score)
+        """The judge whose scores rank completions (`binarize.score`, else the default choice); computed
+        once per plan object (asked for every prompt by `judge_prompt`)."""
+        if self._score_key is None:
+            self._score_key = (ranking_key([j.spec for j in self.judges], self.score) or "",)
+        return self._score_key[0] or None
 
     def scoring(self) -> list[str]:
         """Judges with a score column."""
