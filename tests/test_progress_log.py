@@ -4,6 +4,7 @@ written by a thread that is gone when the run returns, the last line with the fi
 from __future__ import annotations
 
 import io
+import json
 import re
 import threading
 
@@ -11,6 +12,7 @@ from flows.cli import main
 from flows.engine.progress import ProgressLog, log_lines
 from flows.recipe import BudgetSpec
 from tests.helpers import write_jsonl
+from tests.stubs import FaultProxy
 from tests.unique_stub import CountingChatStub
 
 
@@ -43,6 +45,38 @@ binarize: {{test_fraction: 0.0}}
     assert done == total and int(done) % 2 == 0 and int(done) <= 10, last
     assert f"{tokens:,} tokens sent" in last and "all requests answered" in last, last
     assert err[-1] == last  # the final line is the last thing the run wrote to stderr
+
+
+def test_a_retried_shard_is_not_counted_twice(tmp_path, capsys, monkeypatch):
+    """One request answered 404 fails its shard; Prefect retries the shard, which replays what its journal
+    has. The last line still reads done == total for every stage (it read 12/10 generations before)."""
+    monkeypatch.delenv("RLAIF_PROGRESS", raising=False)
+    monkeypatch.setenv("RLAIF_PROGRESS_EVERY", "0.01")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Name a fruit, number {i}."} for i in range(5)])
+    with (
+        CountingChatStub(mode="hash") as stub,
+        FaultProxy(
+            stub.base_url, fault=lambda req, n: (404, {"error": "gone for a moment"}, {}) if n == 13 else None
+        ) as proxy,
+    ):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"""name: progress-retry
+prompts: {{path: {prompts}}}
+policy:
+  endpoints: [{{base_url: {proxy.base_url}, model: stub-policy}}]
+sampling: {{n: 2, max_tokens: 24}}
+shard_size: 2
+judges: [{{type: ultrafeedback, max_tokens: 128}}, {{type: pairwise}}]
+binarize: {{test_fraction: 0.0}}
+""")
+        assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+        assert proxy.calls > proxy.forwarded  # the 404 happened, and the run went on
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert sum(u["replayed"] for u in summary["usage"].values()) > 0  # the retried shard replayed answers
+    last = [x for x in capsys.readouterr().err.splitlines() if x.startswith("rlaif: progress ")][-1]
+    assert "generate 10/10, judge:ultrafeedback 20/20, judge:pairwise " in last, last
+    done, total = re.search(r"judge:pairwise (\d+)/(\d+)", last).groups()
+    assert done == total and "all requests answered" in last, last
 
 
 def test_the_line_reads_counts_budget_estimate_and_eta():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 _BARS: dict[str, tqdm] = {}
 _LOCK = threading.Lock()
 _LOG: ProgressLog | None = None
+_ATTEMPTS: dict[str, Counter[str]] = {}  # shard -> what its latest attempt in this process counted
+PROMPTS = "\0prompts"  # an attempt's finished prompts (the prompts bar), beside its stages' requests
+NOT_NEEDED = "\0not needed:"  # + stage: requests its totals counted that the attempt did not need
 
 
 @contextmanager
@@ -58,10 +61,40 @@ def answered(stage: str, k: int = 1) -> None:
         log.count(stage, k)
 
 
+def attempt(shard: str) -> Callable[[str, int], None]:
+    """A new attempt at `shard`: takes back what an earlier attempt of it counted in this process (a
+    retried shard replays its journal and would count those answers again) and returns the counter this
+    attempt reports through: `count(stage, k)`, `count(PROMPTS, k)` for finished prompts and
+    `count(NOT_NEEDED + stage, k)` for requests the totals will not see (`not_needed`)."""
+    with _LOCK:
+        earlier = _ATTEMPTS.pop(shard, Counter())
+        tally = _ATTEMPTS[shard] = Counter()
+    for unit, k in earlier.items():
+        report(unit, -k)
+
+    def count(unit: str, k: int = 1) -> None:
+        with _LOCK:
+            tally[unit] += k
+        report(unit, k)
+
+    return count
+
+
+def report(unit: str, k: int) -> None:
+    """Count `k` of `unit` (a stage, `PROMPTS` or `NOT_NEEDED + stage`) outside any shard attempt."""
+    if unit == PROMPTS:
+        advance("prompts", k)
+    elif unit.startswith(NOT_NEEDED):
+        not_needed(unit.removeprefix(NOT_NEEDED), k)
+    else:
+        answered(unit, k)
+
+
 def not_needed(stage: str, k: int) -> None:
     """`k` requests of `stage` counted in the totals will not be made (a judge that follows the ranking
-    was given fewer pairs than its upper figure): the totals shrink, so done reaches total."""
-    if k <= 0:
+    was given fewer pairs than its upper figure): the totals shrink, so done reaches total. A negative
+    `k` gives them back (a retried shard's attempt is taken back)."""
+    if k == 0:
         return
     with _LOCK:
         bar = _BARS.get("requests")
@@ -226,6 +259,8 @@ def log_lines(
         return
     log = ProgressLog(totals, every, spend, **kw).start()
     _LOG = log
+    with _LOCK:
+        _ATTEMPTS.clear()  # a new run: earlier runs' shards are not this one's attempts
     ok = False
     try:
         yield log

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ def _scaled(endpoints: list[Endpoint], share: float) -> list[Endpoint]:
 
 
 async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: dict[str, StageStats],
-                  clients: dict[str, Any]) -> list:  # fmt: skip
+                  clients: dict[str, Any], count: Callable[[str, int], None]) -> list:  # fmt: skip
     spend = spend_for(plan.out_dir)
     chains = plan.chain_tokens()
 
@@ -203,7 +204,7 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
             stage,
             plan.model_key(model),
             stats[stage],
-            functools.partial(progress.answered, stage),
+            functools.partial(count, stage),
             Meter(
                 spend,
                 plan.budget,
@@ -224,11 +225,11 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
         async with window:
             comps, reason = await generate(gen, p, plan.policy_model, plan.sampling)
             if reason is None:
-                judged = await judge_prompt(plan, judges, p, comps)
+                judged = await judge_prompt(plan, judges, p, comps, count)
                 results[k] = PromptResult(prompt=p, completions=comps, judged=judged)
             else:
                 results[k] = reason
-        progress.advance("prompts")
+        count(progress.PROMPTS, 1)
 
     try:
         async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest: no orphan requests
@@ -239,11 +240,13 @@ async def _stream(prompts: list[Any], plan: ShardPlan, journal: Journal, stats: 
     return results
 
 
-async def judge_prompt(plan: ShardPlan, judges: list[Judge], p: Prompt, comps: list[Completion]
-                       ) -> dict[str, Judgement]:  # fmt: skip
+async def judge_prompt(plan: ShardPlan, judges: list[Judge], p: Prompt, comps: list[Completion],
+                       count: Callable[[str, int], None] | None = None) -> dict[str, Judgement]:  # fmt: skip
     """Every judge of one prompt (`judges`: bound, in plan order). A judge that follows the ranking waits
     for the ranking judge and is given the pairs binarization will emit from its scores (same seed, rule
-    and truncation rule as the build): none when fewer than two completions were scored."""
+    and truncation rule as the build): none when fewer than two completions were scored. `count`: the
+    shard attempt's progress counter (`progress.attempt`)."""
+    count = count or progress.report
     keys = [j.spec.key for j in plan.judges]
     later = [plan.follows(j) for j in judges]
     first = await asyncio.gather(*(j.judge(p, comps) for j, f in zip(judges, later) if not f))
@@ -257,8 +260,9 @@ async def judge_prompt(plan: ShardPlan, judges: list[Judge], p: Prompt, comps: l
         for j, f in zip(judges, later):  # the progress totals counted the most pairs
             if f:
                 n = len(comps)
-                progress.not_needed(
-                    j.stage, j.requests_per_prompt(n, pairs=most) - j.requests_per_prompt(n, pairs=len(pairs))
+                count(
+                    progress.NOT_NEEDED + j.stage,
+                    j.requests_per_prompt(n, pairs=most) - j.requests_per_prompt(n, pairs=len(pairs)),
                 )
         rest = await asyncio.gather(*(j.judge(p, comps, pairs=pairs) for j, f in zip(judges, later) if f))
         judged.update(zip((k for k, f in zip(keys, later) if f), rest))
@@ -298,7 +302,8 @@ def run_shard(ref: ShardRef, plan: ShardPlan) -> ShardResult:
         if eps
     }
     with Journal(folder / "journal.jsonl") as journal:
-        results = io_loop().run(_stream(prompts, plan, journal, stats, clients))
+        count = progress.attempt(ref.name)  # a retry takes back what this shard's failed attempt counted
+        results = io_loop().run(_stream(prompts, plan, journal, stats, clients, count))
     res = ShardResult(index=ref.index, name=ref.name, fingerprint=fp, rows_path=str(folder / f"rows-{fp}.parquet"),
                       cpairs_path=str(folder / f"cpairs-{fp}.parquet"))  # fmt: skip
     judges = {j.spec.key: judge for j, judge in zip(plan.judges, plan.built())}
