@@ -82,8 +82,9 @@ def _error(resp: httpx.Response) -> str:
 
 
 def _no_runtime_loading(base_url: str) -> EndpointError:
-    return EndpointError(f"{base_url} does not load LoRA adapters at runtime: start it with --enable-lora and "
-                         f"{RUNTIME_ENV}=True, or stop it so rlaif starts its own")  # fmt: skip
+    return EndpointError(f"{base_url} does not load LoRA adapters at runtime: start it with `rlaif serve "
+                         f"--enable-lora` (or vLLM's --enable-lora and {RUNTIME_ENV}=True), or stop it so rlaif "
+                         "starts its own")  # fmt: skip
 
 
 def _post(base_url: str, route: str, body: dict) -> httpx.Response:

@@ -24,8 +24,8 @@ from serving.vllm import VllmServer
 from tests.helpers import journal_lines, wait_for, write_jsonl
 from tests.stubs import FaultProxy
 
-RUN_PORT = 8768  # the 2-round run starts its own server here
-SHARED_PORT = 8769  # a server this module starts, for the kill and PPO tests
+RUN_PORT = 8768  # recipes that are only read (no server there)
+SHARED_PORT = 8769  # the one server this module starts (LoRA enabled): every run here reuses it
 WORDS = ("a fruit", "a colour", "an animal", "a city", "a planet", "a metal", "a tree", "a sport")
 
 
@@ -65,24 +65,37 @@ def alive(proc: subprocess.Popen, err: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def shared_server(lora_run):  # after the 2-round run's own server has stopped: one vLLM at a time
+def shared_server():
+    """One LoRA-enabled server for the module (a vLLM start is ~2 min here); what a run would start is
+    `test_the_policy_server_a_lora_run_starts_takes_adapters`."""
     with VllmServer(None, port=SHARED_PORT, lora=LoraServing(max_rank=8)) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
+def lora_run(shared_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora-rounds")
     out = tmp / "out"
     starts = VllmServer.starts
-    code = main(["iterate", str(lora_recipe(tmp, RUN_PORT)), "--out", str(out)])
+    code = main(["iterate", str(lora_recipe(tmp, SHARED_PORT)), "--out", str(out)])
     return code, VllmServer.starts - starts, out
 
 
-def test_two_lora_rounds_start_one_server_and_load_adapters_at_runtime(lora_run):
+def test_the_policy_server_a_lora_run_starts_takes_adapters(tmp_path):
+    from flows.recipe import load_recipe
+    from flows.rounds.loop import lora_serving, policy_base_server
+
+    recipe = load_recipe(lora_recipe(tmp_path, RUN_PORT))
+    server = policy_base_server(recipe, lora_serving(recipe, []))
+    cmd = server.command("/models/base")
+    assert "--enable-lora" in cmd and cmd[cmd.index("--max-lora-rank") + 1] == "8" and server.port == RUN_PORT
+    assert server.lora is not None and server.lora.env() == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+
+
+def test_two_lora_rounds_restart_nothing_and_load_adapters_at_runtime(lora_run):
     code, starts, out = lora_run
     assert code == 0
-    assert starts == 1  # the base policy's server, with LoRA enabled; judges and adapters share it
+    assert starts == 0  # the running base server takes both rounds' adapters; judges share it
     r1, r2 = round_json(out, 1), round_json(out, 2)
     adapter1 = out / "round-1" / "models" / "dpo"
     assert (adapter1 / "adapter_config.json").is_file() and not (adapter1 / "config.json").exists()
@@ -96,7 +109,7 @@ def test_two_lora_rounds_start_one_server_and_load_adapters_at_runtime(lora_run)
     for r in (r1, r2):  # each round loaded its own trained adapter for its evaluation; nothing restarted
         assert r["timing"]["server_starts"] == 0 and r["timing"]["adapter_loads"] == 1
         assert r["method"] == "dpo" and r["vs_base"]["n"] == r["vs_previous"]["n"] == 2
-    log = (rlaif_home() / "logs" / f"vllm-{RUN_PORT}.log").read_text()
+    log = (rlaif_home() / "logs" / f"vllm-{SHARED_PORT}.log").read_text()  # written since the module's start
     assert log.count('"POST /v1/load_lora_adapter HTTP/1.1" 200') == 2
     card = (out / "round-2" / "README.md").read_text()
     assert "a LoRA adapter, served by name on the base policy's vLLM" in card and sha1 in card

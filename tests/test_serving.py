@@ -38,3 +38,29 @@ def test_model_names(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ModelError, match="not a model folder"):
         resolve_model(str(tmp_path / "f"))
+
+
+def test_serve_with_enable_lora_starts_a_server_that_takes_adapters(monkeypatch, capsys):
+    """`rlaif serve --enable-lora`: the server LoRA rounds can load adapters into (flags + runtime env)."""
+    from flows.cli import main
+    from serving.lora import RUNTIME_ENV
+    from serving.vllm import VllmServer
+
+    made = {}
+
+    class Reused(VllmServer):
+        def __enter__(self) -> VllmServer:
+            made["server"], self.reused = self, True
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr("serving.vllm.VllmServer", Reused)
+    assert main(["serve", "--enable-lora", "--max-lora-rank", "8", "--port", "8799"]) == 0
+    server = made["server"]
+    cmd = server.command("/models/x")
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "8" and "--enable-lora" in cmd
+    assert server.lora.env() == {RUNTIME_ENV: "True"}
+    assert main(["serve", "--port", "8799"]) == 0  # without the flag: a plain server
+    assert "--enable-lora" not in made["server"].command("/models/x")

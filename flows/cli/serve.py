@@ -9,9 +9,11 @@ import sys
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
+    from serving.lora import LoraServing
     from serving.vllm import VllmServer
 
-    server = VllmServer(args.model, port=args.port, host=args.host)
+    lora = LoraServing(max_rank=args.max_lora_rank, max_loras=args.max_loras) if args.enable_lora else None
+    server = VllmServer(args.model, port=args.port, host=args.host, lora=lora)
     print(f"starting vLLM for {server.model_name} on {server.base_url} (log {server.log_path}) ...",
           file=sys.stderr)  # fmt: skip
 
@@ -33,4 +35,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--model", default=None, help="model folder or name (default: bundled SmolLM2)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--enable-lora", action="store_true",
+                   help="take LoRA adapters at runtime (what `rlaif iterate` with `train: {lora: ...}` loads "
+                   "into a running server); without it a LoRA round starts its own server")  # fmt: skip
+    p.add_argument(
+        "--max-lora-rank", type=int, default=16, help="with --enable-lora: the largest adapter rank"
+    )
+    p.add_argument("--max-loras", type=int, default=2, help="with --enable-lora: adapters held at once")
     p.set_defaults(fn=cmd_serve)
