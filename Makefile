@@ -46,7 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: setup lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q --durations=15 tests
 
 bench: setup
 	$(PY) bench/pipeline_vs_raw.py

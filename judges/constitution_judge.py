@@ -325,7 +325,7 @@ class ConstitutionJudge(Judge):
                  "from logprobs") if labels else ""  # fmt: skip
         kept = sum(int(n.get("pairs", 0)) for n in t.get("per_principle", {}).values())
         f["quality"] = f"{int(t.get('candidates', 0))} critiques and labels, {kept} pairs"
-        lines = ["## Constitution", "", f"`{c.name}` v{c.version} ({c.path}), sha256 `{c.sha256[:16]}…`, "
+        lines = ["## Constitution", "", f"`{c.name}` v{c.version} (file `{Path(c.path).name}`), sha256 `{c.sha256[:16]}…`, "
                  f"mode `{self.cfg.mode}`.", "",
                  "| principle | critiques | pairs kept | dropped (why: identical, refusal, empty) |", "|---|---|---|---|"]  # fmt: skip
         for pid, n in t.get("per_principle", {}).items():

@@ -16,7 +16,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def field_error(loc: tuple[int | str, ...], message: str, value: Any = None) -> ValidationError:
     """A validation error at `loc` (raise it from a model validator to name the exact field)."""
-    err = PydanticCustomError("invalid_field", message.replace("{", "{{").replace("}", "}}"))
+    err = PydanticCustomError("invalid_field", message)  # no context: pydantic leaves braces as they are
     return ValidationError.from_exception_data("recipe", [{"type": err, "loc": loc, "input": value}])
 
 

@@ -251,3 +251,15 @@ def test_vllm_run_batch_answers_the_lines_batch_mode_writes(tmp_path):
     answers = [got[cid] for cid, _ in lines]
     assert all(isinstance(a, ChatResult) and a.choices[0].text and a.completion_tokens for a in answers[:3])
     assert isinstance(answers[3], LineError) and answers[3].status == 400, answers[3]
+
+
+def test_the_estimate_prices_batch_stages_at_the_batch_price_and_says_so(tmp_path):
+    from flows.engine.cost_estimate import estimate_recipe
+    from flows.recipe import load_recipe
+
+    url = "http://127.0.0.1:9/v1"  # nothing answers there: the estimate sends no request
+    online = estimate_recipe(load_recipe(recipe(tmp_path, url, batch=False)), tmp_path / "o", sample=4)
+    batch = estimate_recipe(load_recipe(recipe(tmp_path, url, batch=True)), tmp_path / "b", sample=4)
+    assert online.total.usd_max and batch.total.usd_max == pytest.approx(online.total.usd_max / 2, rel=1e-3)
+    assert any(n.startswith("USD of generate") and "batch price" in n for n in batch.notes), batch.notes
+    assert not any("batch price" in n for n in online.notes)

@@ -79,6 +79,8 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
     from judges.constitution_file import load_constitution
 
     assert "## Constitution" in card and load_constitution(constitution).sha256[:16] in card
+    # the file by name: a card goes to the Hub as it is, and this machine's folders are nobody's business
+    assert f"(file `{Path(constitution).name}`)" in card and str(Path(constitution).parent) not in card
     assert summary["stages"]["critique"]["rows"] == 9  # one sampled principle per completion
     # the constitution is a judge like the others: its own figures and a row in the card's judge table
     const = summary["build"]["judges"]["constitution"]

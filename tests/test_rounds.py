@@ -129,6 +129,8 @@ def test_bad_rounds_setup_is_refused_when_the_recipe_is_read(tmp_path, capsys, e
     assert main(["iterate", str(recipe), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and field in err and str(recipe) in err
+    if field == "rounds.reload_command":  # the placeholder as the user types it, not "{{model}}"
+        assert "({model} = the trained folder)" in err, err
     assert not (tmp_path / "out").exists()
 
 

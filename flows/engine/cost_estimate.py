@@ -21,6 +21,7 @@ from flows.engine.stages import generate
 from flows.engine.token_bound import chat_tokens, local_tokenizer
 from flows.recipe import BudgetSpec, Recipe
 from judges.contract import Prompt
+from serving.batch import is_batch
 from serving.endpoint import ChatResult, Choice
 from serving.models import resolve_model
 from serving.price import Price
@@ -417,6 +418,11 @@ def estimate_plan(plan: ShardPlan, prompts: Iterable[Prompt], model_dirs: dict[s
         est.stages.append(row)
     est.total = _total(est.stages)
     est.notes = _notes(est)
+    endpoints = {"generate": plan.policy_endpoints, **{j.stage: j.endpoints for j in plan.judges}}
+    batched = [s.stage for s in est.stages if s.usd is not None and is_batch(endpoints.get(s.stage, []))]
+    if batched:
+        est.notes.append(f"USD of {', '.join(batched)}: at the batch price (`mode: batch`: the recipe's prices "
+                         "times price.batch)")  # fmt: skip
     return est
 
 
