@@ -7,6 +7,7 @@ import io
 import json
 import re
 import threading
+from pathlib import Path
 
 from flows.cli import main
 from flows.engine.progress import ProgressLog, log_lines
@@ -16,22 +17,30 @@ from tests.stubs import FaultProxy
 from tests.unique_stub import CountingChatStub
 
 
-def test_a_run_off_a_terminal_writes_progress_lines_with_the_final_totals(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("RLAIF_PROGRESS", raising=False)  # bars off because stderr is captured (no TTY)
-    monkeypatch.setenv("RLAIF_PROGRESS_EVERY", "0.01")
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Name a colour, number {i}."} for i in range(5)])
-    with CountingChatStub(mode="hash") as stub:
-        recipe = tmp_path / "r.yaml"
-        recipe.write_text(f"""name: progress
+def recipe_for(tmp: Path, prompts: Path, base_url: str) -> Path:
+    """5 prompts x 2 answers in 3 shards, UltraFeedback then pairwise (the emitted pairs only)."""
+    recipe = tmp / "r.yaml"
+    recipe.write_text(f"""name: progress
 prompts: {{path: {prompts}}}
 policy:
-  endpoints: [{{base_url: {stub.base_url}, model: stub-policy}}]
+  endpoints: [{{base_url: {base_url}, model: stub-policy}}]
 sampling: {{n: 2, max_tokens: 24}}
 shard_size: 2
 judges: [{{type: ultrafeedback, max_tokens: 128}}, {{type: pairwise}}]
 binarize: {{test_fraction: 0.0}}
 """)
-        assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    return recipe
+
+
+def test_a_run_off_a_terminal_writes_progress_lines_with_the_final_totals(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RLAIF_PROGRESS", raising=False)  # bars off because stderr is captured (no TTY)
+    monkeypatch.setenv("RLAIF_PROGRESS_EVERY", "0.01")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Name a colour, number {i}."} for i in range(5)])
+    with CountingChatStub(mode="hash") as stub:
+        assert (
+            main(["run", str(recipe_for(tmp_path, prompts, stub.base_url)), "--out", str(tmp_path / "out")])
+            == 0
+        )
         tokens = stub.tokens
     assert not [t for t in threading.enumerate() if t.name == "rlaif-progress"]  # nothing can write now
     err = capsys.readouterr().err.splitlines()
@@ -59,17 +68,10 @@ def test_a_retried_shard_is_not_counted_twice(tmp_path, capsys, monkeypatch):
             stub.base_url, fault=lambda req, n: (404, {"error": "gone for a moment"}, {}) if n == 13 else None
         ) as proxy,
     ):
-        recipe = tmp_path / "r.yaml"
-        recipe.write_text(f"""name: progress-retry
-prompts: {{path: {prompts}}}
-policy:
-  endpoints: [{{base_url: {proxy.base_url}, model: stub-policy}}]
-sampling: {{n: 2, max_tokens: 24}}
-shard_size: 2
-judges: [{{type: ultrafeedback, max_tokens: 128}}, {{type: pairwise}}]
-binarize: {{test_fraction: 0.0}}
-""")
-        assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+        assert (
+            main(["run", str(recipe_for(tmp_path, prompts, proxy.base_url)), "--out", str(tmp_path / "out")])
+            == 0
+        )
         assert proxy.calls > proxy.forwarded  # the 404 happened, and the run went on
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert sum(u["replayed"] for u in summary["usage"].values()) > 0  # the retried shard replayed answers
