@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from common import ROOT, LoadSampler, loadavg
 
-BLOCK = 32  # serving/vllm.py starts the CPU server with --block-size 32
+BLOCK = 32  # serving/vllm.py starts the CPU server with --block-size 32 (`--block` replays with another)
 
 
 class Recorder:
@@ -135,12 +135,16 @@ def demo_recipe(tmp: Path, port: int) -> Path:
 
 
 def main() -> None:
+    global BLOCK
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=8791, help="a free port: the run starts its own vLLM there")
     ap.add_argument("--record", type=Path, default=Path("/tmp/prefix_ceiling.json"),
                     help="where the recorded requests are written (and read by --replay)")  # fmt: skip
     ap.add_argument("--replay", action="store_true", help="no run: replay the requests --record holds")
+    ap.add_argument("--block", type=int, default=BLOCK,
+                    help="the ideal cache's block in tokens (16: vLLM's GPU default; 1: a token-level cache)")  # fmt: skip
     args = ap.parse_args()
+    BLOCK = args.block
     from transformers import AutoTokenizer
 
     from flows.cli import main as cli
@@ -179,7 +183,9 @@ def main() -> None:
         m[0] += r["prompt_tokens"]
         m[1] += r["cached"]
     ideal, what_if = replay(rec, tok, "as-run"), replay(rec, tok, "no-shots")
-    print(f"demo recipe, {len(rec.requests)} requests, one run on a fresh server; {load_line}")
+    print(
+        f"demo recipe, {len(rec.requests)} requests, one run on a fresh server; {load_line}; ideal cache: {BLOCK}-token blocks"
+    )
     print(f"{'family':<22}{'requests':>9}{'prompt tok':>12}{'vLLM hit':>10}{'ideal hit':>11}"
           f"{'| no-shots tok':>15}{'ideal hit':>11}")  # fmt: skip
     tot = [0, 0, 0, 0, 0]
