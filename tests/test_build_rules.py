@@ -88,7 +88,11 @@ def _shard(tmp_path, cpairs: list[dict]) -> list[ShardFiles]:
 )
 def test_constitution_pairs_follow_keep_ties_and_min_margin(tmp_path, keep_ties, min_margin, kept,
                                                             ties_dropped, below_margin):  # fmt: skip
-    labels = [label("x", 0.6), label("y", 0.0), label("tie", None)]  # margins 0.2, 1.0, 0.0
+    labels = [
+        label("x", 0.6),
+        label("y", 0.0, "x2", "y2"),
+        label("tie", None, "x3", "y3"),
+    ]  # margins 0.2, 1.0, 0.0
     files = _shard(tmp_path, labels)
     spec = BinarizeSpec(keep_ties=keep_ties, constitution_min_margin=min_margin, test_fraction=0.0)
     res, _ = build(tmp_path / "out", files, spec, None, uf_features([], []).arrow_schema, {"policy": "m"})
@@ -101,7 +105,7 @@ def test_constitution_pairs_follow_keep_ties_and_min_margin(tmp_path, keep_ties,
 def test_judge_min_margin_is_not_applied_to_constitution_pairs(tmp_path):
     """`min_margin` is in the ranking judge's score units (UltraFeedback: up to 4); constitution
     margins are 0-1. A judge margin of 1.5 used to drop every constitution pair."""
-    labels = [label("x", 0.9), label("y", 0.0)]  # margins 0.8 and 1.0
+    labels = [label("x", 0.9), label("y", 0.0, "x2", "y2")]  # margins 0.8 and 1.0
     files = _shard(tmp_path, labels)
     spec = BinarizeSpec(min_margin=1.5, test_fraction=0.0)
     res, _ = build(tmp_path / "out", files, spec, None, uf_features([], []).arrow_schema, {"policy": "m"})
@@ -109,6 +113,16 @@ def test_judge_min_margin_is_not_applied_to_constitution_pairs(tmp_path):
     strict = BinarizeSpec(min_margin=1.5, constitution_min_margin=0.9, test_fraction=0.0)
     res, _ = build(tmp_path / "out2", files, strict, None, uf_features([], []).arrow_schema, {"policy": "m"})
     assert res.constitution_pairs == 1 and res.ledger.pairs["constitution"].dropped == {"below min_margin": 1}
+
+
+def test_the_same_constitution_pair_twice_is_written_once_and_counted(tmp_path):
+    """Two samples with one text get the same revision: one pair, the repeat a named drop."""
+    files = _shard(tmp_path, [label("x", 0.9), label("x", 0.9), label("x", 0.9, "x2")])
+    res, _ = build(tmp_path / "out", files, BinarizeSpec(test_fraction=0.0), None,
+                   uf_features([], []).arrow_schema, {"policy": "m"})  # fmt: skip
+    acc = res.ledger.pairs["constitution"]
+    assert res.pairs["train_prefs"] == 2 == acc.kept and acc.given == 3
+    assert acc.dropped == {"repeat of an earlier pair (samples with the same text)": 1}
 
 
 def test_crash_while_swapping_outputs_leaves_no_finished_marker(tmp_path, monkeypatch):

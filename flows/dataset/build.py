@@ -218,6 +218,7 @@ def build(
                 led.prompts.kept += len(rows)
                 led.samples.kept += sum(len(r["completions"]) for r in rows)
                 out: dict[str, list[dict[str, Any]]] = {k: [] for k in SPLITS}
+                written: set[str] = set()  # this shard's pair ids (a prompt's pairs are all in its shard)
                 cut: dict[str, set[str]] = {}  # prompt id -> its answers cut at max_tokens (this shard)
                 for row in rows:
                     if any(truncated(c) for c in row["completions"]):
@@ -236,7 +237,9 @@ def build(
                         for p in pairs:
                             if not linter.keep_pair(d := p.model_dump()):
                                 judged.drop(linter.last_drop or "lint")
-                            elif (d := review.pair(with_id(d, dups), judged)) is not None:
+                            elif repeated(d := with_id(d, dups), written):
+                                judged.drop(REPEAT)
+                            elif (d := review.pair(d, judged)) is not None:
                                 out[f"{split}_prefs"].append(d)
                     else:
                         res.stats.prompts += 1
@@ -262,7 +265,10 @@ def build(
                     if not linter.keep_pair(cp):
                         const.drop(linter.last_drop or "lint")
                         continue
-                    if (cp := review.pair(with_id(cp, dups, cut.get(cp["prompt_id"])), const)) is None:
+                    if repeated(cp := with_id(cp, dups, cut.get(cp["prompt_id"])), written):
+                        const.drop(REPEAT)
+                        continue
+                    if (cp := review.pair(cp, const)) is None:
                         continue
                     out[f"{'test' if test(cp['prompt_id']) else 'train'}_prefs"].append(cp)
                     res.constitution_pairs += 1
@@ -312,6 +318,20 @@ def build(
     res.lints = linter.finish()
     write_json(marker, res.model_dump())
     return res, plot
+
+
+REPEAT = (
+    "repeat of an earlier pair (samples with the same text)"  # the ledger's drop for a pair_id seen before
+)
+
+
+def repeated(row: dict[str, Any], seen: set[str]) -> bool:
+    """True when this pair (same prompt, origin, principle, chosen and rejected text) was met before in
+    the shard: two samples with one text make the same pair twice, and a dataset names each pair once."""
+    if row["pair_id"] in seen:
+        return True
+    seen.add(row["pair_id"])
+    return False
 
 
 FROM = "_ledger_origin"  # a decided pair's origin before it became "human": its ledger account
