@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flows.dataset.binarize import binarize_prompt
 from flows.dataset.build import ShardFiles, build
 from flows.dataset.schema import binarized_features, uf_features
 from flows.recipe import BinarizeSpec
@@ -59,3 +60,20 @@ def test_each_pair_is_written_once_and_repeats_are_a_named_drop(rows, rule):
     assert len(same) == len(set(same))  # no training example twice
     judged = res.ledger.pairs["judge"]
     assert judged.closes() and judged.kept == len(written)  # every candidate: written or a named drop
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    rows=prompts(), rule=st.sampled_from(["best-vs-random-lower", "best-vs-worst"]), keep_ties=st.booleans()
+)
+def test_best_vs_rules_reject_another_text_when_there_is_one(rows, rule, keep_ties):
+    """Two samples with one text: the rule rejects an answer that differs from the chosen one whenever
+    one scored lower (or tied, with `keep_ties`); an identical pair would only be linted away."""
+    spec = BinarizeSpec(rule=rule, keep_ties=keep_ties, test_fraction=0.0)
+    for row in rows:
+        for p in binarize_prompt(row, "uf", spec):
+            chosen = p.chosen[0]["content"]
+            if p.rejected[0]["content"] == chosen:
+                others = [c for c in row["completions"] if c["response"] != chosen]
+                assert not any(c["scores"]["uf"] < p.score_chosen or keep_ties and c["scores"]["uf"] == p.score_chosen
+                               for c in others), f"{row['completions']} -> {chosen!r} over itself"  # fmt: skip

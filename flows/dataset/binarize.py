@@ -80,14 +80,22 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
+def text_groups(texts: list[str]) -> list[int]:
+    """One id per distinct answer (whitespace normalised, as the identical-pair lint compares them)."""
+    seen: dict[tuple[str, ...], int] = {}
+    return [seen.setdefault(tuple(t.split()), len(seen)) for t in texts]
+
+
 def candidate_pairs(
     scores: list[float | None], rule: str, rng: random.Random, keep_ties: bool,
-    choosable: list[bool] | None = None,
+    choosable: list[bool] | None = None, same: list[int] | None = None,
 ) -> tuple[list[tuple[int, int]], dict[str, int]]:  # fmt: skip
     """(chosen, rejected) index pairs by the rule, and the rule's other candidates by why they were
     dropped ("tie", "truncated"): every candidate (one per prompt for the best-vs-* rules, one per two
     scored completions for all-pairs) is in exactly one of the two. Only a `choosable` completion
-    (default: all) is chosen; any scored one may be rejected, so a kept tie puts a choosable one first."""
+    (default: all) is chosen; any scored one may be rejected, so a kept tie puts a choosable one first.
+    `same` (`text_groups`): the best-vs-* rules reject an answer with another text than the chosen one
+    when there is one (two samples with one text would make an identical, linted-away pair)."""
     idx = [i for i, s in enumerate(scores) if s is not None]
     drops: dict[str, int] = {}
     if len(idx) < 2:
@@ -115,15 +123,18 @@ def candidate_pairs(
         drop("truncated")
         return [], drops
     best = max(cands, key=lambda i: (s[i], -i))
+    others = [i for i in idx if i != best]
+    if same is not None:  # another text than the chosen one's, when any is left
+        others = [i for i in others if same[i] != same[best]] or others
     if rule == "best-vs-worst":
         # The lowest-scored of the others (lowest index on ties). Excluding `best` matters only when
         # every score ties: `min` over all of idx would then pick `best` itself and lose the pair.
-        worst = min((i for i in idx if i != best), key=lambda i: (s[i], i))
+        worst = min(others, key=lambda i: (s[i], i))
         pick = [worst] if s[worst] < s[best] else []
         equal = [worst] if s[worst] == s[best] else []
     else:
-        pick = [i for i in idx if s[i] < s[best]]
-        equal = [i for i in idx if i != best and s[i] == s[best]]
+        pick = [i for i in others if s[i] < s[best]]
+        equal = [i for i in others if s[i] == s[best]]
     if pick:
         return [(best, rng.choice(pick))], drops
     if equal:
@@ -139,26 +150,29 @@ def pick_pairs(
     prompt_id: str,
     scores: list[float | None],
     cut: list[bool],
+    texts: list[str],
     spec: BinarizeSpec,
     allow_truncated_chosen: bool,
 ) -> tuple[list[tuple[int, int]], dict[str, int]]:
     """The rule's (chosen, rejected) positions for one prompt and its other candidates' drops, seeded by
-    the prompt: the same pick at build time and when a judge asks beforehand (`emitted_pairs`)."""
+    the prompt: the same pick at build time and when a judge asks beforehand (`emitted_pairs`). `texts`:
+    the answers (a rejected one differs from the chosen one where it can)."""
     seed = int(hashlib.sha256(f"{spec.seed}|{prompt_id}".encode()).hexdigest()[:12], 16)
     ok = None if allow_truncated_chosen or not any(cut) else [not t for t in cut]
-    return candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties, ok)
+    return candidate_pairs(scores, spec.rule, random.Random(seed), spec.keep_ties, ok, text_groups(texts))
 
 
 def emitted_pairs(
     prompt_id: str,
     scores: list[float | None],
     cut: list[bool],
+    texts: list[str],
     spec: BinarizeSpec,
     allow_truncated_chosen: bool,
 ) -> list[tuple[int, int]]:
     """The pairs binarization will make from these scores (before lints and other judges' verdicts): what
     a judge that `follows_ranking` compares."""
-    pairs, _ = pick_pairs(prompt_id, scores, cut, spec, allow_truncated_chosen)
+    pairs, _ = pick_pairs(prompt_id, scores, cut, texts, spec, allow_truncated_chosen)
     return [(c, r) for c, r in pairs if float(scores[c]) - float(scores[r]) >= spec.min_margin]  # type: ignore[arg-type]
 
 
@@ -210,12 +224,13 @@ def binarize_prompt(
         stats.unscored += 1
         return []
     cut = [truncated(c) for c in comps]
-    pairs, drops = pick_pairs(row["prompt_id"], scores, cut, spec, allow_truncated_chosen)
+    texts = [c["response"] for c in comps]
+    pairs, drops = pick_pairs(row["prompt_id"], scores, cut, texts, spec, allow_truncated_chosen)
     stats.candidates += len(pairs) + sum(drops.values())
     stats.ties_dropped += drops.get("tie", 0)
     stats.truncated_chosen_dropped += drops.get("truncated", 0)
     if not allow_truncated_chosen and any(cut):  # pairs that differ from the pick ignoring truncation
-        unaware, _ = pick_pairs(row["prompt_id"], scores, cut, spec, True)
+        unaware, _ = pick_pairs(row["prompt_id"], scores, cut, texts, spec, True)
         stats.truncated_chosen_repicked += len(set(pairs) - set(unaware))
     out = []
     for c, r in pairs:

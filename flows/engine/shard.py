@@ -254,8 +254,8 @@ async def judge_prompt(plan: ShardPlan, judges: list[Judge], p: Prompt, comps: l
     if any(later):
         ranked = judged.get(plan.score_key() or "")
         scores = ranked.scores if ranked is not None else [None] * len(comps)
-        pairs = emitted_pairs(p.prompt_id, scores, [c.cut for c in comps], plan.binarize,
-                              plan.allow_truncated_chosen)  # fmt: skip
+        pairs = emitted_pairs(p.prompt_id, scores, [c.cut for c in comps], [c.response for c in comps],
+                              plan.binarize, plan.allow_truncated_chosen)  # fmt: skip
         most = len(plan.expected_pairs(len(comps)))
         for j, f in zip(judges, later):  # the progress totals counted the most pairs
             if f:
