@@ -107,6 +107,18 @@ def test_run_builds_trl_ready_datasets(vllm_server, tmp_path, tiny_model):
     again = datasets.load_dataset(str(out), "binarized", cache_dir=str(tmp_path / "hf-cache"))
     assert again.num_rows == {s: n for s, n in b.num_rows.items() if n}
 
+    # a re-run of the finished run does not train again; another train field does
+    weights = out / "models" / "sft" / "model.safetensors"
+    stamp = (weights.stat().st_ino, weights.stat().st_mtime_ns)
+    assert not summary["train"]["cached"]
+    assert main(["run", str(recipe(tmp_path, vllm_server.port, extra)), "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["train"]["cached"] is True
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == stamp
+    more = extra.replace("max_steps: 1", "max_steps: 2")
+    assert main(["run", str(recipe(tmp_path, vllm_server.port, more)), "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["train"]["cached"] is False
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) != stamp
+
 
 def test_empty_input_finishes_with_empty_dataset(vllm_server, tmp_path):
     out = tmp_path / "out"

@@ -135,7 +135,8 @@ def closing_table(summary: RunSummary) -> str:
             )
         if t.get("test_accuracy") is not None:
             rows.append((f"{t['method']}: test accuracy", f"{t['test_accuracy']:.2f}"))
-        rows.append((f"{t['method']} model", t["output"]))
+        again = " (trained before on this dataset with these fields: kept; delete it to train again)"
+        rows.append((f"{t['method']} model", t["output"] + (again if t.get("cached") else "")))
     out = Path(summary.out_dir)
     rows += [("dataset (datasets)", f"{out}/binarized, {out}/ultrafeedback"), ("dataset card", f"{out}/README.md"),
              ("summary", f"{out}/summary.json")]  # fmt: skip

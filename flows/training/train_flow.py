@@ -39,9 +39,23 @@ def train_flow(method: str, fields: dict[str, Any]) -> str:
     return str(train_method(method, **fields))
 
 
+def train_once(method: str, fields: dict[str, Any]) -> tuple[str, bool]:
+    """(the model folder, whether it was there already): a re-run of a finished run does not train again
+    when the method, fields, dataset, base model and trainer libraries are the ones it was trained under."""
+    from flows.training.trained_before import mark_trained, train_key, trained_before
+
+    key = train_key(method, fields)
+    if trained_before(fields["output"], key):
+        return fields["output"], True
+    path = train_flow(method, fields)
+    mark_trained(path, key)
+    return path, False
+
+
 def train_after_build(recipe: Recipe, out: Path) -> dict[str, Any]:
     """The recipe's `train:` section, run on the dataset the pipeline just built. PPO without a
-    `reward_model` first trains one on the same pairs (OUT/models/reward, `reward_training:` fields)."""
+    `reward_model` first trains one on the same pairs (OUT/models/reward, `reward_training:` fields).
+    A model this run already trained under the same key is kept (`cached`), not trained again."""
     import json
     import time
 
@@ -59,12 +73,12 @@ def train_after_build(recipe: Recipe, out: Path) -> dict[str, Any]:
     if spec.method == "ppo" and not spec.reward_model:
         rm_fields = {"model": model, **(spec.reward_training or {}), "dataset": str(out),
                      "output": str(out / "models" / "reward")}  # fmt: skip
-        fields["reward_model"] = train_flow("reward", rm_fields)
+        fields["reward_model"], rm_cached = train_once("reward", rm_fields)
         rm_metrics = json.loads((Path(fields["reward_model"]) / "metrics.json").read_text())
         reward = {"reward_model": fields["reward_model"],
                   "reward_test_accuracy": rm_metrics.get("test_accuracy"),
-                  "reward_train_accuracy": rm_metrics.get("train_accuracy")}  # fmt: skip
-    path = train_flow(spec.method, fields)
+                  "reward_train_accuracy": rm_metrics.get("train_accuracy"), "reward_cached": rm_cached}  # fmt: skip
+    path, cached = train_once(spec.method, fields)
     metrics = json.loads((Path(path) / "metrics.json").read_text())
     return {"method": spec.method, "output": path, **reward, "train_s": round(time.monotonic() - t0, 2),
-            **{k: v for k, v in metrics.items() if k != "log_history"}}  # fmt: skip
+            "cached": cached, **{k: v for k, v in metrics.items() if k != "log_history"}}  # fmt: skip
