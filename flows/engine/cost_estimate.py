@@ -132,6 +132,12 @@ class Estimate(BaseModel):
         else:
             usd = f"at most ${t.usd_max or 0:,.4f}"
         line = f"rlaif: estimate: {self.prompts:,} prompts -> {t.requests:,} requests, {tokens}, {usd}"
+        once = _total([s for s in self.stages if s.once])
+        if once.requests:  # the progress lines and a budget count the stages without it
+            n = once.tokens if self.observed() else once.tokens_max
+            line += (
+                f"; the judge gate's {once.requests:,} requests (~{n:,} tokens) are in it, not under a budget"
+            )
         return line + "; " + budget_words(self.engine_total(), budget, self.observed())
 
     def table(self) -> str:
