@@ -75,6 +75,7 @@ def run_pipeline(
     A recipe `gate:` first measures its judge on labelled pairs (exit 3 below threshold, unless `no_gate`).
     When every shard is already finished with this plan there is nothing to send: the build, card and
     summary are brought up to date without starting a model server or a Prefect flow run."""
+    t_cmd = time.monotonic()
     check_writable(out)
     read_decisions(decisions_file(out))  # a malformed review decision stops the run before any request
     by_stage = recipe.served_by_stage()
@@ -112,7 +113,8 @@ def run_pipeline(
         from flows.training.train_flow import train_after_build
 
         summary.train = train_after_build(recipe, out)
-        write_json(out / "summary.json", summary.model_dump())
+    summary.total_s = round(time.monotonic() - t_cmd, 2)
+    write_json(out / "summary.json", summary.model_dump())
     return summary
 
 

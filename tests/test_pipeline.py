@@ -179,7 +179,7 @@ def test_stage_error_is_one_line_without_prompt_text(vllm_server, tmp_path, caps
     assert "Zanzibar" not in err and "elephant" not in err
 
 
-def test_rerun_of_finished_run_needs_no_server(vllm_server, tmp_path):
+def test_rerun_of_finished_run_needs_no_server(vllm_server, tmp_path, capsys):
     """A finished run re-run sends nothing, so it needs no model server and no Prefect flow run:
     the policy endpoint is dead on the re-run and the datasets come out the same."""
     import datasets
@@ -198,8 +198,12 @@ def test_rerun_of_finished_run_needs_no_server(vllm_server, tmp_path):
     assert main(["run", str(path), "--out", str(out)]) == 0
     first = {k: v.to_dict() for k, v in datasets.load_from_disk(str(out / "binarized")).items()}
     path.write_text(live.replace(vllm_server.base_url, dead))
+    capsys.readouterr()
     assert main(["run", str(path), "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done: 2 prompts, 4 completions") and "(all from the run's journal)" in last
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["total_s"] >= summary["wall_s"]  # the closing line's time is the whole command's
     assert summary["engine"]["flow_run"].startswith("none")
     assert summary["stages"]["generate"]["requests"] == 0 and summary["stages"]["judge"]["requests"] == 0
     assert {k: v.to_dict() for k, v in datasets.load_from_disk(str(out / "binarized")).items()} == first

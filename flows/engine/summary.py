@@ -48,17 +48,19 @@ class RunSummary(BaseModel):
     gate: GateResult | None = None
     prefix_cache: dict[str, dict[str, Any]] = Field(default_factory=dict)  # vLLM /metrics, per endpoint
     stopped: str | None = None  # why the run stopped before its datasets (e.g. "gate failed")
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the pipeline flow: generation, judges, critique, build
+    total_s: float | None = None  # the whole `rlaif run`: checks, servers, gate, flow, training
     client: dict[str, Any] = Field(default_factory=dict)
 
     def one_line(self) -> str:
         g = self.stages.get("generate")
         b = self.build
         pairs = sum(v for k, v in (b.pairs if b else {}).items() if k.endswith("prefs"))
-        tps = g.tokens_per_s() if g else 0.0
+        sent = sum(s.requests for s in self.stages.values())
+        rate = f"{g.tokens_per_s() if g else 0.0:.1f} tokens/s" if sent else "all from the run's journal"
         return (f"done: {g.prompts if g else 0} prompts, {g.rows if g else 0} completions, "
-                f"{g.completion_tokens if g else 0} tokens ({tps:.1f} tokens/s), {pairs} pairs "
-                f"in {self.wall_s:.0f}s -> {self.out_dir}")  # fmt: skip
+                f"{g.completion_tokens if g else 0} tokens ({rate}), {pairs} pairs "
+                f"in {self.total_s if self.total_s is not None else self.wall_s:.0f}s -> {self.out_dir}")  # fmt: skip
 
 
 def usage_table(eng: EngineResult, prices: dict[str, Price]) -> dict[str, Usage]:

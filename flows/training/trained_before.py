@@ -13,6 +13,7 @@ from flows.dataset.atomic_files import read_json, write_json
 
 MARK = "trained_key.json"  # in the model folder, written once the trainer has put the folder in place
 LIBS = ("trl", "transformers", "torch", "peft")
+NOT_INPUTS = ("dataset", "output")  # folders in `fields` that are not models the training starts from
 
 
 def _files(folder: str | None) -> list[list[Any]]:
@@ -46,8 +47,8 @@ def train_key(method: str, fields: dict[str, Any]) -> str | None:
         return None
     data = {
         "method": method, "fields": fields, "dataset": read_json(build).get("fingerprint"),
-        "files": {k: _files(v) for k, v in (("model", base), ("lora_adapter", fields.get("lora_adapter")),
-                                             ("reward_model", fields.get("reward_model")))},
+        "files": {"model": _files(base), **{k: _files(v) for k, v in fields.items() if k not in NOT_INPUTS
+                                             and isinstance(v, str) and Path(v).is_dir()}},  # an adapter, a reward model
         "libs": {lib: _version(lib) for lib in LIBS},
     }  # fmt: skip
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
